@@ -1,0 +1,128 @@
+//! Reads the facts a row carries about a process: pid, memory, CPU.
+
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+/// What one sample says about the reported process.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessSample {
+    /// The process id reported as `pid`.
+    pub pid: Option<u32>,
+    /// Resident memory in bytes.
+    pub memory_rss_bytes: Option<u64>,
+    /// CPU since the previous sample, percent of one core.
+    pub cpu_percent: Option<f32>,
+}
+
+/// Samples a process on every beat. The SDK samples its own process; the
+/// sidecar samples its child's whole tree.
+pub trait ProcessProbe: Send + 'static {
+    /// Takes one sample; called from the beat thread, never from the worker's.
+    fn sample(&mut self) -> ProcessSample;
+}
+
+fn kind() -> ProcessRefreshKind {
+    ProcessRefreshKind::nothing().with_memory().with_cpu()
+}
+
+/// This process, refreshed alone (no scan of every process on the host).
+pub struct OwnProcess {
+    system: System,
+    pid: Pid,
+}
+
+impl OwnProcess {
+    /// Samples the calling process.
+    pub fn new() -> Self {
+        OwnProcess {
+            system: System::new(),
+            pid: Pid::from_u32(std::process::id()),
+        }
+    }
+}
+
+impl Default for OwnProcess {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProcessProbe for OwnProcess {
+    fn sample(&mut self) -> ProcessSample {
+        self.system
+            .refresh_processes_specifics(ProcessesToUpdate::Some(&[self.pid]), true, kind());
+        let process = self.system.process(self.pid);
+        ProcessSample {
+            pid: Some(self.pid.as_u32()),
+            memory_rss_bytes: process.map(|p| p.memory()),
+            cpu_percent: process.map(|p| p.cpu_usage()),
+        }
+    }
+}
+
+/// A process and all its descendants, summed (Node workers spawn helpers).
+pub struct ProcessTree {
+    system: System,
+    root: Pid,
+}
+
+impl ProcessTree {
+    /// Samples `root` and everything it spawned.
+    pub fn new(root: u32) -> Self {
+        ProcessTree {
+            system: System::new(),
+            root: Pid::from_u32(root),
+        }
+    }
+}
+
+impl ProcessProbe for ProcessTree {
+    fn sample(&mut self) -> ProcessSample {
+        // Descendants can be anywhere in the table, so this refreshes every
+        // process; once per beat (30 s) that is a few milliseconds.
+        self.system
+            .refresh_processes_specifics(ProcessesToUpdate::All, true, kind());
+        let processes = self.system.processes();
+        if !processes.contains_key(&self.root) {
+            return ProcessSample {
+                pid: Some(self.root.as_u32()),
+                ..Default::default()
+            };
+        }
+        let mut tree = vec![self.root];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(
+                processes
+                    .iter()
+                    .filter(|(_, p)| p.parent() == Some(parent) && p.thread_kind().is_none())
+                    .map(|(pid, _)| *pid),
+            );
+            i += 1;
+        }
+        let (mut memory, mut cpu) = (0u64, 0f32);
+        for pid in &tree {
+            if let Some(p) = processes.get(pid) {
+                memory += p.memory();
+                cpu += p.cpu_usage();
+            }
+        }
+        ProcessSample {
+            pid: Some(self.root.as_u32()),
+            memory_rss_bytes: Some(memory),
+            cpu_percent: Some(cpu),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_has_memory() {
+        let s = OwnProcess::new().sample();
+        assert_eq!(s.pid, Some(std::process::id()));
+        assert!(s.memory_rss_bytes.unwrap_or(0) > 1024 * 1024, "{s:?}");
+    }
+}
