@@ -9,11 +9,12 @@ use reqwest::Url;
 use serde_json::{Map, Value};
 
 use crate::error::ConfigError;
-use crate::heartbeat::{Heartbeat, Inner};
+use crate::heartbeat::{FinalState, Heartbeat, Inner};
 use crate::key::ApiKey;
 use crate::postgrest::{PostgrestConfig, PostgrestTransport};
 use crate::probe::{OwnProcess, ProcessProbe};
 use crate::reporter::{BeatLoop, Identity};
+use crate::row::WorkerStatus;
 use crate::state::Counters;
 use crate::transport::Transport;
 
@@ -381,7 +382,43 @@ impl HeartbeatBuilder {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the bad or missing setting and the fix.
-    pub fn start(mut self) -> Result<Heartbeat, ConfigError> {
+    pub fn start(self) -> Result<Heartbeat, ConfigError> {
+        let handle_signals = self.handle_signals;
+        let (beat_loop, name) = self.prepare()?;
+        let inner = Arc::clone(&beat_loop.inner);
+        std::thread::Builder::new()
+            .name("hp-heartbeat".into())
+            .spawn(move || beat_loop.run_blocking())?;
+        if handle_signals {
+            crate::signals::watch(&inner)?;
+        }
+        Ok(Heartbeat {
+            inner,
+            worker_name: name,
+        })
+    }
+
+    /// Sends one row with status `unknown` and reports what went wrong, in
+    /// words a user can act on. Starts nothing; for setup checks.
+    ///
+    /// The row is the worker's own (same name): a worker already running
+    /// restores its status and totals with its next beat.
+    ///
+    /// # Errors
+    /// [`CheckError::Config`] for a bad setting, [`CheckError::Send`] for
+    /// what the server answered.
+    pub async fn check(self) -> Result<(), CheckError> {
+        let (mut beat_loop, _) = self.prepare()?;
+        let unknown = FinalState {
+            status: WorkerStatus::Unknown,
+            ..FinalState::default()
+        };
+        let row = beat_loop.build_row(Some(&unknown));
+        beat_loop.transport.send(&row).await?;
+        Ok(())
+    }
+
+    fn prepare(mut self) -> Result<(BeatLoop, String), ConfigError> {
         let valid = self.validate()?;
         let inner = Arc::new(Inner::new(
             Counters::new(valid.breaker_threshold, std::mem::take(&mut self.metadata)),
@@ -401,18 +438,22 @@ impl HeartbeatBuilder {
             .probe
             .take()
             .unwrap_or_else(|| Box::new(OwnProcess::new()));
-        let beat_loop = BeatLoop::new(Arc::clone(&inner), identity, valid.transport, probe);
-        std::thread::Builder::new()
-            .name("hp-heartbeat".into())
-            .spawn(move || beat_loop.run_blocking())?;
-        if self.handle_signals {
-            crate::signals::watch(&inner)?;
-        }
-        Ok(Heartbeat {
-            inner,
-            worker_name: valid.name,
-        })
+        Ok((
+            BeatLoop::new(inner, identity, valid.transport, probe),
+            valid.name,
+        ))
     }
+}
+
+/// Why [`HeartbeatBuilder::check`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// A setting is missing or malformed.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The server refused the row or could not be reached.
+    #[error(transparent)]
+    Send(#[from] crate::error::SendError),
 }
 
 /// 1 to 128 characters of `[A-Za-z0-9._:-]` (the SQL CHECK says the same).

@@ -67,7 +67,7 @@ pub mod transport;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use config::HeartbeatBuilder;
+pub use config::{CheckError, HeartbeatBuilder};
 pub use error::{ConfigError, SendError};
 pub use health::{derive_health, Health, STALE_AFTER_INTERVALS};
 pub use heartbeat::{FinalState, Heartbeat};

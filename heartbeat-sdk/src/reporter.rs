@@ -41,6 +41,9 @@ pub(crate) struct BeatLoop {
 
 /// How often the same failure may be logged.
 const LOG_EVERY: Duration = Duration::from_secs(300);
+/// Sends per beat at most (the first try and its retries): an outage costs
+/// the server a few requests per worker per interval, never a storm.
+pub(crate) const MAX_TRIES_PER_BEAT: u32 = 4;
 
 impl BeatLoop {
     pub fn new(
@@ -108,7 +111,7 @@ impl BeatLoop {
         let base =
             (self.identity.interval / 20).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut backoff = Backoff::new(base, self.identity.interval / 4);
-        loop {
+        for attempt in 1..=MAX_TRIES_PER_BEAT {
             // Rebuilt on every try: a newer snapshot replaces an older unsent one.
             let row = self.build_row(None);
             let sent = match timeout_at(next_beat, self.transport.send(&row)).await {
@@ -131,14 +134,15 @@ impl BeatLoop {
                 Err(e) => {
                     self.log_failure(&e);
                     let delay = backoff.next_delay(fastrand::f64());
-                    if !e.is_retryable() || Instant::now() + delay >= next_beat {
-                        self.failed_beats += 1;
-                        return;
+                    let last = attempt == MAX_TRIES_PER_BEAT;
+                    if last || !e.is_retryable() || Instant::now() + delay >= next_beat {
+                        break;
                     }
                     sleep(delay).await;
                 }
             }
         }
+        self.failed_beats += 1;
     }
 
     async fn send_final(&mut self, state: &FinalState) -> bool {

@@ -1,0 +1,403 @@
+//! The HTTP wire: what one beat sends, when, and what happens when it fails.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use heartbeat_sdk::{Heartbeat, SendError};
+use serde_json::Value;
+use wiremock::matchers::{header, headers, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+fn builder(server: &MockServer, key: &str) -> heartbeat_sdk::HeartbeatBuilder {
+    Heartbeat::builder("wire-worker")
+        .url(server.uri())
+        .key(key)
+        .handle_signals(false)
+}
+
+fn header_names(req: &wiremock::Request) -> BTreeSet<String> {
+    req.headers.keys().map(|k| k.as_str().to_owned()).collect()
+}
+
+fn expected_headers(with_bearer: bool) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = [
+        "host",
+        "apikey",
+        "content-type",
+        "content-profile",
+        "prefer",
+        "x-client-info",
+        "user-agent",
+        "accept",
+        "content-length",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    if with_bearer {
+        names.insert("authorization".into());
+    }
+    names
+}
+
+/// Every key the SDK sends, with the JSON type PostgREST will see.
+fn assert_row_shape(row: &Value) {
+    let kinds: Vec<(&str, &str)> = vec![
+        ("worker_name", "string"),
+        ("status", "string"),
+        ("last_heartbeat", "string"),
+        ("jobs_processed", "number"),
+        ("error_count", "number"),
+        ("circuit_breaker_open", "bool"),
+        ("metadata", "object"),
+        ("pid", "number"),
+        ("hostname", "string|null"),
+        ("started_at", "string"),
+        ("uptime_seconds", "number"),
+        ("memory_rss_bytes", "number"),
+        ("cpu_percent", "number"),
+        ("version", "string|null"),
+        ("reporter", "string"),
+        ("instance_id", "string"),
+        ("consecutive_errors", "number"),
+        ("last_error", "string|null"),
+        ("exit_code", "null"),
+        ("exit_signal", "null"),
+        ("heartbeat_interval_seconds", "number"),
+    ];
+    let obj = row.as_object().expect("the body is one JSON object");
+    let sent: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+    let expected: BTreeSet<&str> = kinds.iter().map(|(k, _)| *k).collect();
+    assert_eq!(sent, expected, "the body's keys");
+    for (key, kind) in kinds {
+        let v = &obj[key];
+        let ok = kind.split('|').any(|k| match k {
+            "string" => v.is_string(),
+            "number" => v.is_number(),
+            "bool" => v.is_boolean(),
+            "object" => v.is_object(),
+            "null" => v.is_null(),
+            _ => false,
+        });
+        assert!(ok, "{key} should be {kind}, got {v}");
+    }
+    chrono::DateTime::parse_from_rfc3339(obj["last_heartbeat"].as_str().unwrap_or_default())
+        .expect("last_heartbeat is RFC 3339");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_key_sends_the_supabase_js_upsert_with_bearer() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TABLE_PATH))
+        .and(query_param("on_conflict", "worker_name"))
+        .and(header("apikey", JWT_KEY))
+        .and(header(
+            "authorization",
+            format!("Bearer {JWT_KEY}").as_str(),
+        ))
+        .and(header("content-type", "application/json"))
+        .and(header("content-profile", "public"))
+        // wiremock splits header values on commas.
+        .and(headers(
+            "prefer",
+            vec!["resolution=merge-duplicates", "return=minimal"],
+        ))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(1..)
+        .mount(&server)
+        .await;
+    let hb = builder(&server, JWT_KEY)
+        .version("1.2.3")
+        .start()
+        .expect("starts");
+    let got = wait_for_requests(&server, 1, Duration::from_secs(5)).await;
+    assert!(!got.is_empty(), "no beat arrived");
+    let req = &got[0];
+    assert_eq!(req.url.query(), Some("on_conflict=worker_name"));
+    assert_eq!(header_names(req), expected_headers(true));
+    let row = body(req);
+    assert_row_shape(&row);
+    assert_eq!(row["worker_name"], "wire-worker");
+    assert_eq!(row["status"], "running");
+    assert_eq!(row["pid"], std::process::id());
+    assert_eq!(row["version"], "1.2.3");
+    assert_eq!(row["heartbeat_interval_seconds"], 30);
+    assert!(
+        row["metadata"]["memory"]["rss"].is_number(),
+        "seed-compatible metadata: {row}"
+    );
+    let raw = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        raw("prefer").as_deref(),
+        Some("resolution=merge-duplicates,return=minimal")
+    );
+    assert!(hb.shutdown().await, "final row stored");
+    server.verify().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secret_key_goes_in_apikey_only() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(TABLE_PATH))
+        .and(header("apikey", SECRET_KEY))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&server)
+        .await;
+    let hb = builder(&server, SECRET_KEY)
+        .schema("ops")
+        .start()
+        .expect("starts");
+    let got = wait_for_requests(&server, 1, Duration::from_secs(5)).await;
+    assert!(!got.is_empty(), "no beat arrived");
+    assert_eq!(header_names(&got[0]), expected_headers(false));
+    assert!(got[0].headers.get("authorization").is_none());
+    assert_eq!(
+        got[0]
+            .headers
+            .get("content-profile")
+            .and_then(|v| v.to_str().ok()),
+        Some("ops")
+    );
+    assert_row_shape(&body(&got[0]));
+    drop(hb);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_beat_arrives_within_500_ms_and_shutdown_sends_stopped() {
+    let (server, recorder) = accepting_server().await;
+    let started = Instant::now();
+    let hb = builder(&server, SECRET_KEY).start().expect("starts");
+    wait_for_requests(&server, 1, Duration::from_secs(2)).await;
+    let first = recorder.times().first().copied().expect("a first beat");
+    assert!(
+        first - started < Duration::from_millis(500),
+        "first beat after {:?}",
+        first - started
+    );
+    assert!(hb.shutdown().await);
+    let got = server.received_requests().await.unwrap_or_default();
+    let last = body(got.last().expect("a final row"));
+    assert_eq!(last["status"], "stopped");
+    assert!(hb.shutdown().await, "a second shutdown only waits");
+    assert_eq!(
+        server.received_requests().await.unwrap_or_default().len(),
+        got.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beats_follow_the_interval_with_jitter() {
+    let (server, recorder) = accepting_server().await;
+    let hb = builder(&server, SECRET_KEY)
+        .interval(Duration::from_secs(1))
+        .start()
+        .expect("starts");
+    wait_for_requests(&server, 6, Duration::from_secs(8)).await;
+    drop(hb);
+    let times = recorder.times();
+    assert!(times.len() >= 6, "{} beats", times.len());
+    let gaps: Vec<f64> = times
+        .windows(2)
+        .take(5)
+        .map(|w| (w[1] - w[0]).as_secs_f64())
+        .collect();
+    for g in &gaps {
+        // ±10% jitter, plus scheduling slack on a busy 2-core machine.
+        assert!((0.85..=1.25).contains(g), "gap {g:.3} s in {gaps:?}");
+    }
+    let distinct: BTreeSet<u64> = gaps.iter().map(|g| (g * 1000.0) as u64 / 5).collect();
+    assert!(
+        distinct.len() > 1,
+        "gaps are all equal: no jitter in {gaps:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_503_and_500_within_the_beat() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(postgrest_error(
+            503,
+            "PGRST002",
+            "Could not query the database for the schema cache. Retrying.",
+        ))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&server)
+        .await;
+    let hb = builder(&server, SECRET_KEY)
+        .interval(Duration::from_secs(10))
+        .start()
+        .expect("starts");
+    let got = wait_for_requests(&server, 3, Duration::from_secs(5)).await;
+    assert_eq!(
+        got.len(),
+        3,
+        "two failures then a success within the first beat"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        server.received_requests().await.unwrap_or_default().len(),
+        3,
+        "no retry after success"
+    );
+    drop(hb);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_after_a_timeout() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_secs(3)))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    let (_, ok) = (0, common::Recorder::new(ResponseTemplate::new(201)));
+    Mock::given(method("POST"))
+        .respond_with(ok.clone())
+        .mount(&server)
+        .await;
+    let hb = builder(&server, SECRET_KEY)
+        .interval(Duration::from_secs(10))
+        .request_timeout(Duration::from_millis(300))
+        .start()
+        .expect("starts");
+    let started = Instant::now();
+    wait_for_requests(&server, 2, Duration::from_secs(4)).await;
+    let times = ok.times();
+    assert_eq!(times.len(), 1, "the retry after the timeout was stored");
+    assert!(
+        times[0] - started < Duration::from_secs(2),
+        "retried after {:?}",
+        times[0] - started
+    );
+    drop(hb);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_costs_at_most_four_requests_per_beat() {
+    let server = MockServer::start().await;
+    let failing = Recorder::new(ResponseTemplate::new(500));
+    Mock::given(method("POST"))
+        .respond_with(failing.clone())
+        .mount(&server)
+        .await;
+    let started = Instant::now();
+    let hb = builder(&server, SECRET_KEY)
+        .interval(Duration::from_secs(1))
+        .start()
+        .expect("starts");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let n = failing.times().len();
+    drop(hb);
+    let beats = (started.elapsed().as_secs_f64() / 0.9).ceil() as usize + 1;
+    assert!(n >= 4, "it retried: {n}");
+    assert!(
+        n <= beats * 4,
+        "{n} requests in {beats} beats: a retry storm"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthorized_is_not_retried_within_a_beat() {
+    let server = MockServer::start().await;
+    let failing = Recorder::new(postgrest_error(
+        401,
+        "PGRST301",
+        "Expected 3 parts in JWT; got 1",
+    ));
+    Mock::given(method("POST"))
+        .respond_with(failing.clone())
+        .mount(&server)
+        .await;
+    let hb = builder(&server, SECRET_KEY)
+        .interval(Duration::from_secs(10))
+        .start()
+        .expect("starts");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        failing.times().len(),
+        1,
+        "a 401 will not fix itself in seconds"
+    );
+    drop(hb);
+}
+
+/// What each PostgREST answer becomes, through the real HTTP client.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_classifies_every_postgrest_error() {
+    let cases: Vec<(ResponseTemplate, fn(&SendError) -> bool, &str)> = vec![
+        (postgrest_error(401, "PGRST303", "JWT expired"), |e| matches!(e, SendError::Unauthorized { .. }), "wrong or expired"),
+        (postgrest_error(403, "42501", "new row violates row-level security policy for table \"hp_worker_status\""), |e| matches!(e, SendError::PermissionDenied { .. }), "service_role"),
+        (postgrest_error(404, "PGRST205", "Could not find the table 'public.hp_worker_status' in the schema cache"), |e| matches!(e, SendError::TableMissing { .. }), "apply the migration"),
+        (postgrest_error(400, "PGRST204", "Could not find the 'exit_signal' column of 'hp_worker_status' in the schema cache"), |e| matches!(e, SendError::UnknownColumn { .. }), "older than the SDK"),
+        (postgrest_error(503, "PGRST002", "Could not query the database for the schema cache. Retrying."), |e| matches!(e, SendError::SchemaReloading { .. }), "retrying"),
+        (ResponseTemplate::new(401).set_body_json(serde_json::json!({"message": "Invalid API key", "hint": "Double check your Supabase `anon` or `service_role` API key."})), |e| matches!(e, SendError::Unauthorized { .. }), "Invalid API key"),
+    ];
+    for (response, is_kind, says) in cases {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(response)
+            .mount(&server)
+            .await;
+        let result = builder(&server, SECRET_KEY).check().await;
+        let e = result.expect_err("the check fails");
+        let SendOrConfig::Send(e) = e else {
+            panic!("not a send error: {e}")
+        };
+        assert!(is_kind(&e), "{e:?}");
+        assert!(e.to_string().contains(says), "{e}");
+        assert!(!e.to_string().contains(SECRET_KEY) && !format!("{e:?}").contains(SECRET_KEY));
+    }
+}
+
+use heartbeat_sdk::CheckError as SendOrConfig;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_passes_and_writes_an_unknown_row() {
+    let (server, _) = accepting_server().await;
+    builder(&server, SECRET_KEY)
+        .check()
+        .await
+        .expect("check passes");
+    let got = server.received_requests().await.unwrap_or_default();
+    assert_eq!(got.len(), 1);
+    assert_eq!(body(&got[0])["status"], "unknown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_server_is_a_connect_error_not_a_panic() {
+    // A port nothing listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(9);
+    let e = Heartbeat::builder("w")
+        .url(format!("http://127.0.0.1:{port}"))
+        .key(SECRET_KEY)
+        .check()
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        matches!(e, SendOrConfig::Send(SendError::Connect(_))),
+        "{e:?}"
+    );
+}
