@@ -341,10 +341,12 @@ async fn unauthorized_is_not_retried_within_a_beat() {
     drop(hb);
 }
 
+type ErrorCase = (ResponseTemplate, fn(&SendError) -> bool, &'static str);
+
 /// What each PostgREST answer becomes, through the real HTTP client.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_classifies_every_postgrest_error() {
-    let cases: Vec<(ResponseTemplate, fn(&SendError) -> bool, &str)> = vec![
+    let cases: Vec<ErrorCase> = vec![
         (postgrest_error(401, "PGRST303", "JWT expired"), |e| matches!(e, SendError::Unauthorized { .. }), "wrong or expired"),
         (postgrest_error(403, "42501", "new row violates row-level security policy for table \"hp_worker_status\""), |e| matches!(e, SendError::PermissionDenied { .. }), "service_role"),
         (postgrest_error(404, "PGRST205", "Could not find the table 'public.hp_worker_status' in the schema cache"), |e| matches!(e, SendError::TableMissing { .. }), "apply the migration"),
