@@ -427,7 +427,7 @@ impl HeartbeatBuilder {
         let identity = Identity {
             worker_name: valid.name.clone(),
             hostname: sysinfo::System::host_name(),
-            started_at: chrono::Utc::now(),
+            started_at: crate::reporter::now_micros(),
             started: std::time::Instant::now(),
             instance_id: uuid::Uuid::new_v4().to_string(),
             version: self.version.take(),

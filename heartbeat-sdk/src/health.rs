@@ -67,8 +67,10 @@ pub fn derive_health(
             let interval = interval_seconds
                 .filter(|&i| i > 0)
                 .unwrap_or(DEFAULT_INTERVAL_SECONDS);
-            let grace_ms = (f64::from(interval) * STALE_AFTER_INTERVALS * 1000.0) as i64;
-            if (now - last).num_milliseconds() > grace_ms {
+            // Microseconds, as PostgreSQL's interval arithmetic in the view.
+            let grace_us = (f64::from(interval) * STALE_AFTER_INTERVALS * 1e6) as i64;
+            let age_us = (now - last).num_microseconds().unwrap_or(i64::MAX);
+            if age_us > grace_us {
                 Health::Stale
             } else {
                 Health::Running
@@ -85,7 +87,7 @@ mod tests {
     #[test]
     fn boundaries() {
         let now = Utc::now();
-        let at = |secs: i64| Some(now - Duration::milliseconds(secs));
+        let at = |ms: i64| Some(now - Duration::milliseconds(ms));
         let run = WorkerStatus::Running;
         assert_eq!(
             derive_health(run, at(75_000), Some(30), now),
@@ -94,6 +96,8 @@ mod tests {
         assert_eq!(derive_health(run, at(75_001), Some(30), now), Health::Stale);
         assert_eq!(derive_health(run, at(2_500), Some(1), now), Health::Running);
         assert_eq!(derive_health(run, at(2_501), Some(1), now), Health::Stale);
+        let just_over = Some(now - Duration::microseconds(75_000_001));
+        assert_eq!(derive_health(run, just_over, Some(30), now), Health::Stale);
         assert_eq!(derive_health(run, None, Some(30), now), Health::Unknown);
         assert_eq!(derive_health(run, at(80_000), None, now), Health::Stale);
         let old = at(10_000_000);

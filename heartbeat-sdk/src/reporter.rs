@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
 use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
@@ -197,7 +197,7 @@ impl BeatLoop {
         WorkerRow {
             worker_name: id.worker_name.clone(),
             status,
-            last_heartbeat: Utc::now(),
+            client_heartbeat: now_micros(),
             jobs_processed: counters.jobs,
             error_count: counters.errors,
             circuit_breaker_open: counters.breaker_open,
@@ -218,6 +218,11 @@ impl BeatLoop {
             heartbeat_interval_seconds: u32::try_from(id.interval.as_secs()).unwrap_or(u32::MAX),
         }
     }
+}
+
+/// Now, at the precision PostgreSQL keeps, so a row reads back as sent.
+pub(crate) fn now_micros() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
 }
 
 /// `interval` moved by up to ±10%, so a fleet started together spreads out.

@@ -40,8 +40,11 @@ pub struct WorkerRow {
     pub worker_name: String,
     /// What the worker says about itself.
     pub status: WorkerStatus,
-    /// The reporter's clock; the database replaces it with its own (`now()`).
-    pub last_heartbeat: DateTime<Utc>,
+    /// The reporter's clock at this beat, kept for diagnosis. Freshness is
+    /// judged by `last_heartbeat`, which the database (or the local store)
+    /// stamps with its own clock on every write, so a worker with a wrong
+    /// clock can look neither fresh nor stale.
+    pub client_heartbeat: DateTime<Utc>,
     /// Jobs done since start.
     pub jobs_processed: u64,
     /// Jobs failed since start.

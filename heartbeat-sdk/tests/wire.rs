@@ -48,7 +48,7 @@ fn assert_row_shape(row: &Value) {
     let kinds: Vec<(&str, &str)> = vec![
         ("worker_name", "string"),
         ("status", "string"),
-        ("last_heartbeat", "string"),
+        ("client_heartbeat", "string"),
         ("jobs_processed", "number"),
         ("error_count", "number"),
         ("circuit_breaker_open", "bool"),
@@ -84,8 +84,8 @@ fn assert_row_shape(row: &Value) {
         });
         assert!(ok, "{key} should be {kind}, got {v}");
     }
-    chrono::DateTime::parse_from_rfc3339(obj["last_heartbeat"].as_str().unwrap_or_default())
-        .expect("last_heartbeat is RFC 3339");
+    chrono::DateTime::parse_from_rfc3339(obj["client_heartbeat"].as_str().unwrap_or_default())
+        .expect("client_heartbeat is RFC 3339");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,54 @@
+-- Optional: a least-privilege role for workers, instead of the secret key.
+--
+-- A worker gets a JWT signed with the project's JWT secret whose claims are
+--   {"role": "hp_reporter", "worker_name": "<its name>", "exp": ...}
+-- and may then insert, update and read only the row of that name, and only
+-- the columns a reporter writes. It cannot read other workers or delete.
+
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'hp_reporter') then
+    create role hp_reporter nologin noinherit;
+  end if;
+end
+$$;
+
+-- PostgREST's login role switches to the JWT's role.
+grant hp_reporter to authenticator;
+grant usage on schema public to hp_reporter;
+
+revoke all on table public.hp_worker_status from hp_reporter;
+grant select on table public.hp_worker_status to hp_reporter;
+grant insert (
+  worker_name, status, last_heartbeat, client_heartbeat, jobs_processed, error_count,
+  circuit_breaker_open, metadata, pid, hostname, started_at, uptime_seconds,
+  memory_rss_bytes, cpu_percent, version, reporter, instance_id,
+  consecutive_errors, last_error, exit_code, exit_signal,
+  heartbeat_interval_seconds
+), update (
+  worker_name, status, last_heartbeat, client_heartbeat, jobs_processed, error_count,
+  circuit_breaker_open, metadata, pid, hostname, started_at, uptime_seconds,
+  memory_rss_bytes, cpu_percent, version, reporter, instance_id,
+  consecutive_errors, last_error, exit_code, exit_signal,
+  heartbeat_interval_seconds
+) on table public.hp_worker_status to hp_reporter;
+
+-- Its own row only. SELECT is needed too: an upsert reads the row it updates.
+do $$
+declare
+  own text := $p$worker_name = (select auth.jwt() ->> 'worker_name')$p$;
+begin
+  if not exists (select 1 from pg_policies where schemaname = 'public'
+                 and tablename = 'hp_worker_status' and policyname = 'hp_reporter_read_own') then
+    execute format('create policy hp_reporter_read_own on public.hp_worker_status for select to hp_reporter using (%s)', own);
+  end if;
+  if not exists (select 1 from pg_policies where schemaname = 'public'
+                 and tablename = 'hp_worker_status' and policyname = 'hp_reporter_insert_own') then
+    execute format('create policy hp_reporter_insert_own on public.hp_worker_status for insert to hp_reporter with check (%s)', own);
+  end if;
+  if not exists (select 1 from pg_policies where schemaname = 'public'
+                 and tablename = 'hp_worker_status' and policyname = 'hp_reporter_update_own') then
+    execute format('create policy hp_reporter_update_own on public.hp_worker_status for update to hp_reporter using (%1$s) with check (%1$s)', own);
+  end if;
+end
+$$;

@@ -1,0 +1,504 @@
+//! The migration in `sql/` on a real PostgreSQL, exercised the way PostgREST
+//! does: as `authenticator`, switched per request to the JWT's role, running
+//! the exact upsert supabase-js causes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use heartbeat_sdk::{derive_health, FinalState, Heartbeat, MemoryTransport, WorkerStatus};
+use hp_heartbeat_tests::pg::{self, Database};
+use hp_heartbeat_tests::postgrest_sql::{self, COLUMN_TYPES_SQL};
+use serde_json::{json, Value};
+
+fn service() -> Value {
+    json!({"role": "service_role"})
+}
+
+/// Rows the SDK really builds: a running beat and a final crashed row (every
+/// optional field set), captured through its transport seam.
+fn sdk_rows() -> Vec<Value> {
+    let store = MemoryTransport::new();
+    let hb = Heartbeat::builder("contract-worker")
+        .transport(store.clone())
+        .handle_signals(false)
+        .version("9.9.9")
+        .metadata("queue", "orders")
+        .start()
+        .expect("start");
+    hb.increment_job();
+    hb.job_failed(&"upstream said 502");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while store.rows().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hb.finish_blocking(
+        FinalState {
+            status: WorkerStatus::Crashed,
+            exit_code: Some(3),
+            exit_signal: Some(9),
+            last_error: Some("panicked at 'boom'".into()),
+        },
+        Duration::from_secs(2),
+    );
+    let rows: Vec<Value> = store
+        .rows()
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("row serializes"))
+        .collect();
+    assert!(rows.len() >= 2, "a beat and a final row");
+    rows
+}
+
+fn migrated(label: &str) -> Option<Database<'static>> {
+    let db = pg::server()?.fresh_database(label);
+    db.migrate(true).expect("migrations apply");
+    Some(db)
+}
+
+fn columns(db: &Database) -> BTreeMap<String, String> {
+    postgrest_sql::parse_column_types(&db.sql(COLUMN_TYPES_SQL).expect("columns"))
+}
+
+fn upsert_as(db: &Database, claims: &Value, row: &Value) -> Result<String, String> {
+    let sql = postgrest_sql::upsert(row, &columns(db))?;
+    db.as_request(claims, &sql)
+}
+
+fn a_row(name: &str) -> Value {
+    let mut row = sdk_rows().remove(0);
+    row["worker_name"] = json!(name);
+    row
+}
+
+/// Everything the migration defines, in a comparable text form.
+fn schema_snapshot(db: &Database) -> String {
+    db.sql(
+        "select 'col ' || attname || ' ' || format_type(atttypid, atttypmod) || ' ' || attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+           from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+          where attrelid = 'public.hp_worker_status'::regclass and attnum > 0 and not attisdropped
+         union all select 'con ' || conname || ' ' || pg_get_constraintdef(oid) || ' ' || convalidated
+           from pg_constraint where conrelid = 'public.hp_worker_status'::regclass
+         union all select 'idx ' || indexrelid::regclass::text from pg_index where indrelid = 'public.hp_worker_status'::regclass
+         union all select 'trg ' || tgname || ' ' || tgenabled::text from pg_trigger where tgrelid = 'public.hp_worker_status'::regclass
+         union all select 'pol ' || policyname || ' ' || cmd || ' ' || roles::text || ' ' || coalesce(qual, '') || ' ' || coalesce(with_check, '')
+           from pg_policies where tablename = 'hp_worker_status'
+         union all select 'acl ' || relname || ' ' || coalesce(relacl::text, '') || ' ' || coalesce(reloptions::text, '') || ' ' || relrowsecurity
+           from pg_class where relname in ('hp_worker_status', 'hp_worker_health')
+         union all select 'view ' || pg_get_viewdef('public.hp_worker_health'::regclass)
+         union all select 'fn ' || md5(prosrc) || ' ' || coalesce(proconfig::text, '') from pg_proc where proname = 'hp_worker_status_stamp'
+         union all select 'pub ' || pubname || ' ' || tablename from pg_publication_tables where tablename = 'hp_worker_status'
+         union all select 'member ' || pg_has_role('authenticator', 'hp_reporter', 'member')
+         order by 1;",
+    )
+    .expect("snapshot")
+}
+
+#[test]
+fn migrations_apply_on_empty_database_and_again_changing_nothing() {
+    let Some(server) = pg::server() else { return };
+    let db = server.fresh_database("idem");
+    db.sql("create publication supabase_realtime;")
+        .expect("publication");
+    db.migrate(true).expect("first apply");
+    let first = schema_snapshot(&db);
+    assert!(first.contains("col worker_name text true"), "{first}");
+    assert!(
+        first.contains("pub supabase_realtime hp_worker_status"),
+        "{first}"
+    );
+    db.sql("insert into hp_worker_status (worker_name, status) values ('kept', 'running');")
+        .expect("a row");
+    db.migrate(true).expect("second apply");
+    assert_eq!(
+        first,
+        schema_snapshot(&db),
+        "the second apply changed the schema"
+    );
+    assert_eq!(
+        db.sql("select count(*) from hp_worker_status;").as_deref(),
+        Ok("1")
+    );
+}
+
+#[test]
+fn core_migration_alone_applies_with_psql_in_order() {
+    let Some(server) = pg::server() else { return };
+    let db = server.fresh_database("core");
+    db.migrate(false).expect("core files alone");
+    // Without the optional file there is no hp_reporter policy.
+    let policies = db.sql(
+        "select string_agg(policyname, ',') from pg_policies where tablename = 'hp_worker_status';",
+    );
+    assert_eq!(policies.as_deref(), Ok("hp_worker_status_read_signed_in"));
+}
+
+#[test]
+fn upgrades_a_table_made_by_the_seed_keeping_its_rows() {
+    let Some(server) = pg::server() else { return };
+    let db = server.fresh_database("seed");
+    db.sql(
+        "create table public.hp_worker_status (
+           worker_name text primary key, status text, last_heartbeat timestamptz default now(),
+           jobs_processed integer default 0, error_count integer default 0,
+           circuit_breaker_open boolean default false, metadata jsonb default '{}');
+         insert into public.hp_worker_status (worker_name, status, jobs_processed) values ('old-worker', 'running', 42);",
+    )
+    .expect("seed table");
+    db.migrate(true).expect("migrates a seed table");
+    assert_eq!(
+        db.sql("select jobs_processed from hp_worker_status where worker_name = 'old-worker';")
+            .as_deref(),
+        Ok("42")
+    );
+    upsert_as(&db, &service(), &a_row("new-worker")).expect("the SDK writes to the upgraded table");
+}
+
+#[test]
+fn service_role_upserts_then_updates_one_row() {
+    let Some(db) = migrated("service") else {
+        return;
+    };
+    let mut row = a_row("svc-worker");
+    upsert_as(&db, &service(), &row).expect("insert");
+    row["jobs_processed"] = json!(1234);
+    row["status"] = json!("stopped");
+    upsert_as(&db, &service(), &row).expect("update");
+    let got = db.sql("select count(*) || ' ' || max(jobs_processed) || ' ' || max(status) from hp_worker_status;");
+    assert_eq!(got.as_deref(), Ok("1 1234 stopped"));
+    // Only the keys sent are written: a partial upsert keeps the rest.
+    let partial = json!({"worker_name": "svc-worker", "status": "running"});
+    upsert_as(&db, &service(), &partial).expect("partial");
+    assert_eq!(
+        db.sql("select jobs_processed from hp_worker_status;")
+            .as_deref(),
+        Ok("1234")
+    );
+    // And service_role reads both the table and the view.
+    db.as_request(&service(), "select count(*) from hp_worker_health")
+        .expect("view readable");
+}
+
+#[test]
+fn anon_can_neither_read_nor_write() {
+    let Some(db) = migrated("anon") else { return };
+    upsert_as(&db, &service(), &a_row("w")).expect("seed row");
+    let anon = json!({"role": "anon"});
+    let read = db
+        .as_request(&anon, "select * from hp_worker_status")
+        .expect_err("anon reads");
+    assert!(read.contains("42501"), "{read}");
+    let view = db
+        .as_request(&anon, "select * from hp_worker_health")
+        .expect_err("anon reads the view");
+    assert!(view.contains("42501"), "{view}");
+    let write = upsert_as(&db, &anon, &a_row("anon-worker")).expect_err("anon writes");
+    assert!(write.contains("42501"), "{write}");
+}
+
+#[test]
+fn authenticated_reads_but_cannot_write() {
+    let Some(db) = migrated("authd") else { return };
+    upsert_as(&db, &service(), &a_row("w1")).expect("seed row");
+    let user = json!({"role": "authenticated", "sub": "00000000-0000-0000-0000-000000000001"});
+    assert_eq!(
+        db.as_request(&user, "select count(*) from hp_worker_status")
+            .as_deref(),
+        Ok("1")
+    );
+    assert_eq!(
+        db.as_request(&user, "select health from hp_worker_health")
+            .as_deref(),
+        Ok("running")
+    );
+    let write = upsert_as(&db, &user, &a_row("w2")).expect_err("authenticated writes");
+    assert!(write.contains("42501"), "{write}");
+    let delete = db
+        .as_request(&user, "delete from hp_worker_status")
+        .expect_err("authenticated deletes");
+    assert!(delete.contains("42501"), "{delete}");
+}
+
+#[test]
+fn hp_reporter_writes_only_its_own_row_and_columns() {
+    let Some(db) = migrated("reporter") else {
+        return;
+    };
+    upsert_as(&db, &service(), &a_row("someone-else")).expect("another worker's row");
+    let me = json!({"role": "hp_reporter", "worker_name": "scoped-worker"});
+    let mut row = a_row("scoped-worker");
+    upsert_as(&db, &me, &row).expect("insert own row");
+    row["jobs_processed"] = json!(7);
+    upsert_as(&db, &me, &row).expect("update own row");
+    assert_eq!(
+        db.as_request(
+            &me,
+            "select string_agg(worker_name, ',') from hp_worker_status"
+        )
+        .as_deref(),
+        Ok("scoped-worker"),
+        "sees only its row"
+    );
+    let other = upsert_as(&db, &me, &a_row("someone-else")).expect_err("writes another row");
+    assert!(
+        other.contains("42501") || other.contains("row-level security"),
+        "{other}"
+    );
+    let rename = db
+        .as_request(&me, "update hp_worker_status set worker_name = 'hijack' where worker_name = 'scoped-worker'")
+        .expect_err("renames its row");
+    assert!(rename.contains("42501"), "{rename}");
+    let column = db
+        .as_request(&me, "update hp_worker_status set updated_at = now()")
+        .expect_err("a non-reporting column");
+    assert!(column.contains("42501"), "{column}");
+    let delete = db
+        .as_request(&me, "delete from hp_worker_status")
+        .expect_err("deletes");
+    assert!(delete.contains("42501"), "{delete}");
+    assert_eq!(
+        db.sql("select jobs_processed from hp_worker_status where worker_name = 'scoped-worker';")
+            .as_deref(),
+        Ok("7")
+    );
+}
+
+#[test]
+fn each_check_rejects_its_bad_value() {
+    let Some(db) = migrated("checks") else { return };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("status", json!("paused"), "hp_worker_status_status_allowed"),
+        (
+            "worker_name",
+            json!("has space"),
+            "hp_worker_status_name_format",
+        ),
+        (
+            "worker_name",
+            json!("x".repeat(129)),
+            "hp_worker_status_name_format",
+        ),
+        ("worker_name", json!(""), "hp_worker_status_name_format"),
+        (
+            "jobs_processed",
+            json!(-1),
+            "hp_worker_status_counters_nonneg",
+        ),
+        ("error_count", json!(-5), "hp_worker_status_counters_nonneg"),
+        (
+            "consecutive_errors",
+            json!(-1),
+            "hp_worker_status_counters_nonneg",
+        ),
+        (
+            "metadata",
+            json!([1, 2]),
+            "hp_worker_status_metadata_object",
+        ),
+        (
+            "metadata",
+            json!({"blob": "x".repeat(9000)}),
+            "hp_worker_status_metadata_object",
+        ),
+        (
+            "last_error",
+            json!("e".repeat(2049)),
+            "hp_worker_status_last_error_len",
+        ),
+        (
+            "hostname",
+            json!("h".repeat(256)),
+            "hp_worker_status_text_lengths",
+        ),
+        ("pid", json!(0), "hp_worker_status_process_facts"),
+        (
+            "memory_rss_bytes",
+            json!(-1),
+            "hp_worker_status_process_facts",
+        ),
+        ("exit_signal", json!(99), "hp_worker_status_exit_signal"),
+        (
+            "heartbeat_interval_seconds",
+            json!(0),
+            "hp_worker_status_interval_range",
+        ),
+    ];
+    for (key, bad, constraint) in cases {
+        let mut row = a_row("checked-worker");
+        row[key] = bad;
+        let err = upsert_as(&db, &service(), &row).expect_err(key);
+        assert!(
+            err.contains("23514") && err.contains(constraint),
+            "{key}: {err}"
+        );
+    }
+    // The largest allowed values pass.
+    let mut row = a_row(&"x".repeat(128));
+    row["last_error"] = json!("e".repeat(2048));
+    upsert_as(&db, &service(), &row).expect("values at the limits");
+}
+
+#[test]
+fn last_heartbeat_is_the_database_clock_not_the_workers() {
+    let Some(db) = migrated("clock") else { return };
+    // A seed-style client sends last_heartbeat from a wrong clock: ignored.
+    let mut row = a_row("skewed-worker");
+    row["last_heartbeat"] = json!("2001-01-01T00:00:00Z");
+    upsert_as(&db, &service(), &row).expect("insert");
+    let fresh = "select (abs(extract(epoch from now() - last_heartbeat)) < 60) || ' ' || (last_heartbeat = updated_at) from hp_worker_status;";
+    assert_eq!(db.sql(fresh).as_deref(), Ok("true true"));
+    row["last_heartbeat"] = json!("2099-01-01T00:00:00Z");
+    row["client_heartbeat"] = json!("2099-01-01T00:00:00Z");
+    upsert_as(&db, &service(), &row).expect("update");
+    assert_eq!(
+        db.sql(fresh).as_deref(),
+        Ok("true true"),
+        "a clock in the future cannot look fresh forever"
+    );
+    // The worker's own time is kept aside for diagnosis.
+    assert_eq!(
+        db.sql("select extract(year from client_heartbeat) from hp_worker_status;")
+            .as_deref(),
+        Ok("2099")
+    );
+}
+
+/// The view and `derive_health` agree on the same rows, at the boundaries.
+#[test]
+fn health_view_and_rust_agree_at_the_boundaries() {
+    let Some(db) = migrated("health") else { return };
+    // (name, status, age in microseconds or none, interval)
+    let mut cases: Vec<(String, &str, Option<i64>, i32)> = Vec::new();
+    for (interval, grace_us) in [(30, 75_000_000i64), (1, 2_500_000), (60, 150_000_000)] {
+        for (tag, age) in [
+            ("fresh", 0),
+            ("just-fresh", grace_us - 1_000),
+            ("at", grace_us),
+            ("just-stale", grace_us + 1_000),
+            ("old", grace_us * 10),
+        ] {
+            for status in ["running", "stopped", "crashed", "unknown"] {
+                cases.push((
+                    format!("{status}-{tag}-{interval}"),
+                    status,
+                    Some(age),
+                    interval,
+                ));
+            }
+        }
+    }
+    cases.push(("running-never".into(), "running", None, 30));
+    cases.push(("unknown-never".into(), "unknown", None, 30));
+    // Triggers would stamp now(): write the ages directly, as a replica would,
+    // and read them in the same transaction, so now() is one instant for the
+    // rows, the view and Rust.
+    let mut sql = String::from("begin; set local session_replication_role = replica;\n");
+    for (name, status, age, interval) in &cases {
+        let last = match age {
+            Some(us) => format!("now() - make_interval(secs => {us}::double precision / 1000000)"),
+            None => "null".into(),
+        };
+        sql.push_str(&format!(
+            "insert into hp_worker_status (worker_name, status, last_heartbeat, heartbeat_interval_seconds) values ('{name}', '{status}', {last}, {interval}) \\g /dev/null\n"
+        ));
+    }
+    sql.push_str("select to_json(now())::text;\n");
+    sql.push_str("select worker_name || '|' || status || '|' || coalesce(to_json(last_heartbeat)::text, '') || '|' || heartbeat_interval_seconds || '|' || health from hp_worker_health;\n");
+    sql.push_str("select '#spot ' || string_agg(worker_name || '=' || health, ',' order by worker_name) from hp_worker_health where worker_name in ('running-at-30', 'running-just-stale-30', 'running-never');\n");
+    sql.push_str("rollback;\n");
+    let out = db.sql(&sql).expect("rows and view");
+    let (out, spot) = out.split_once("#spot ").expect("spot line");
+    assert_eq!(
+        spot.trim(),
+        "running-at-30=running,running-just-stale-30=stale,running-never=unknown",
+        "at the boundary: fresh; just over: stale; never beat: unknown"
+    );
+    let mut lines = out.lines();
+    let now: DateTime<Utc> = serde_json::from_str(lines.next().expect("now")).expect("now parses");
+    let mut compared = 0;
+    for line in lines {
+        let f: Vec<&str> = line.split('|').collect();
+        let status: WorkerStatus = serde_json::from_value(json!(f[1])).expect("status");
+        let last: Option<DateTime<Utc>> =
+            (!f[2].is_empty()).then(|| serde_json::from_str(f[2]).expect("time"));
+        let rust = derive_health(status, last, f[3].parse().ok(), now);
+        assert_eq!(
+            rust.as_str(),
+            f[4],
+            "{} disagrees: rust {rust:?}, sql {}",
+            f[0],
+            f[4]
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, cases.len());
+}
+
+/// Every key the SDK serializes is a column, of a type PostgREST converts to
+/// with json_to_recordset, and reads back as sent.
+#[test]
+fn every_sdk_key_is_a_column_with_a_compatible_type() {
+    let Some(db) = migrated("contract") else {
+        return;
+    };
+    let cols = columns(&db);
+    for row in sdk_rows() {
+        for key in row.as_object().expect("object").keys() {
+            assert!(
+                cols.contains_key(key),
+                "the SDK sends `{key}`, which the migration lacks"
+            );
+        }
+        upsert_as(&db, &service(), &row).expect("PostgREST's upsert of an SDK row");
+        let stored: Value = serde_json::from_str(
+            &db.sql("select row_to_json(t)::text from hp_worker_status t;")
+                .expect("read back"),
+        )
+        .expect("json");
+        for (key, sent) in row.as_object().expect("object") {
+            let back = &stored[key];
+            match key.as_str() {
+                "client_heartbeat" | "started_at" => {
+                    let a: DateTime<Utc> = serde_json::from_value(sent.clone()).expect("time");
+                    let b: DateTime<Utc> = serde_json::from_value(back.clone()).expect("time");
+                    assert_eq!(a, b, "{key}");
+                }
+                "cpu_percent" => {
+                    let (a, b) = (sent.as_f64().unwrap_or(-1.0), back.as_f64().unwrap_or(-2.0));
+                    assert!((a - b).abs() < 1e-3, "{key}: {a} vs {b}");
+                }
+                _ => assert_eq!(sent, back, "{key} does not read back as sent"),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_column_missing_from_the_table_fails_the_contract() {
+    let Some(db) = migrated("drift") else { return };
+    db.sql("alter table hp_worker_status drop column exit_signal cascade;")
+        .expect("drift");
+    let e = upsert_as(&db, &service(), &sdk_rows().remove(0)).expect_err("drifted table");
+    assert!(e.contains("PGRST204") && e.contains("exit_signal"), "{e}");
+}
+
+#[test]
+fn realtime_file_adds_the_table_only_where_the_publication_exists() {
+    let Some(server) = pg::server() else { return };
+    let without = server.fresh_database("norealtime");
+    without
+        .migrate(true)
+        .expect("applies without the publication");
+    assert_eq!(
+        without
+            .sql("select count(*) from pg_publication_tables where tablename = 'hp_worker_status';")
+            .as_deref(),
+        Ok("0")
+    );
+    let with = server.fresh_database("realtime");
+    with.sql("create publication supabase_realtime;")
+        .expect("publication");
+    with.migrate(true).expect("applies");
+    with.migrate(true).expect("applies twice");
+    assert_eq!(with.sql("select count(*) from pg_publication_tables where pubname = 'supabase_realtime' and tablename = 'hp_worker_status';").as_deref(), Ok("1"));
+}
