@@ -101,8 +101,7 @@ $$;
 
 revoke all on function public.hp_worker_status_stamp() from public;
 
-drop trigger if exists hp_worker_status_stamp on public.hp_worker_status;
-create trigger hp_worker_status_stamp
+create or replace trigger hp_worker_status_stamp
   before insert or update on public.hp_worker_status
   for each row execute function public.hp_worker_status_stamp();
 
