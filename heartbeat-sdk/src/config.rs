@@ -5,16 +5,15 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::Url;
 use serde_json::{Map, Value};
 
 use crate::error::ConfigError;
 use crate::heartbeat::{FinalState, Heartbeat, Inner};
 use crate::key::ApiKey;
-use crate::postgrest::{PostgrestConfig, PostgrestTransport};
 use crate::probe::{OwnProcess, ProcessProbe};
 use crate::reporter::{BeatLoop, Identity};
 use crate::row::WorkerStatus;
+use crate::settings::{StoreChoice, StoreSettings};
 use crate::state::Counters;
 use crate::transport::Transport;
 
@@ -41,6 +40,8 @@ pub mod env {
     ];
     /// Overrides the worker name given in code.
     pub const WORKER_NAME: &str = "HP_WORKER_NAME";
+    /// `supabase`, `local`, or a path to the local SQLite store.
+    pub const STORE: &str = "HP_STORE";
     /// Beat interval in whole seconds (at least 1).
     pub const INTERVAL: &str = "HP_HEARTBEAT_INTERVAL_SECS";
     /// Errors in a row that open the breaker.
@@ -68,16 +69,11 @@ pub mod env {
 /// ```
 pub struct HeartbeatBuilder {
     name: String,
-    url: Option<String>,
-    key: Option<(ApiKey, String)>,
-    schema: Option<String>,
+    settings: StoreSettings,
     interval: Option<Duration>,
     breaker_threshold: Option<u32>,
     shutdown_budget: Option<Duration>,
-    allow_insecure_http: Option<bool>,
     handle_signals: bool,
-    connect_timeout: Duration,
-    request_timeout: Duration,
     metadata: Map<String, Value>,
     version: Option<String>,
     reporter: String,
@@ -90,9 +86,7 @@ impl fmt::Debug for HeartbeatBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HeartbeatBuilder")
             .field("name", &self.name)
-            .field("url", &self.url)
-            .field("key", &self.key.as_ref().map(|(k, _)| k))
-            .field("schema", &self.schema)
+            .field("settings", &self.settings)
             .field("interval", &self.interval)
             .field("breaker_threshold", &self.breaker_threshold)
             .field("shutdown_budget", &self.shutdown_budget)
@@ -114,16 +108,11 @@ impl HeartbeatBuilder {
     pub(crate) fn new(name: impl Into<String>) -> Self {
         HeartbeatBuilder {
             name: name.into(),
-            url: None,
-            key: None,
-            schema: None,
+            settings: StoreSettings::default(),
             interval: None,
             breaker_threshold: None,
             shutdown_budget: None,
-            allow_insecure_http: None,
             handle_signals: true,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             metadata: Map::new(),
             version: None,
             reporter: concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION")).to_owned(),
@@ -135,19 +124,26 @@ impl HeartbeatBuilder {
 
     /// The Supabase project URL, e.g. `https://abcdefgh.supabase.co`.
     pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.url = Some(url.into());
+        self.settings.url = Some(url.into());
         self
     }
 
     /// The API key: the secret (`sb_secret_...`) or legacy `service_role` key.
     pub fn key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some((ApiKey::new(key), "builder .key()".into()));
+        self.settings.key = Some((ApiKey::new(key), "builder .key()".into()));
         self
     }
 
     /// The schema holding `hp_worker_status` (default `public`).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = Some(schema.into());
+        self.settings.schema = Some(schema.into());
+        self
+    }
+
+    /// Reports to a local SQLite file instead of Supabase (the default when
+    /// no `SUPABASE_URL` is set is [`StoreSettings::default_local_path`]).
+    pub fn local_store(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.settings.store = Some(StoreChoice::Local(Some(path.into())));
         self
     }
 
@@ -191,19 +187,25 @@ impl HeartbeatBuilder {
 
     /// Allows `http://` to a non-loopback host (the key then crosses the network in clear).
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        self.allow_insecure_http = Some(allow);
+        self.settings.allow_insecure_http = Some(allow);
         self
     }
 
     /// TCP + TLS connect timeout (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout;
         self
     }
 
     /// Whole-request timeout (default 10 s); a beat also never outlives the interval.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.settings.request_timeout = timeout;
+        self
+    }
+
+    /// Replaces the connection settings (the sidecar layers its flags this way).
+    pub fn settings(mut self, settings: StoreSettings) -> Self {
+        self.settings = settings;
         self
     }
 
@@ -239,17 +241,7 @@ impl HeartbeatBuilder {
         if let Some(name) = get(env::WORKER_NAME) {
             self.name = name;
         }
-        if self.url.is_none() {
-            self.url = get(env::URL);
-        }
-        if self.key.is_none() {
-            self.key = env::KEYS
-                .iter()
-                .find_map(|var| get(var).map(|k| (ApiKey::new(k), (*var).to_owned())));
-        }
-        if self.schema.is_none() {
-            self.schema = get(env::SCHEMA);
-        }
+        self.settings = self.settings.apply_env(get);
         let mut first_error = None;
         let mut parse = |var: &'static str, expected: &'static str| -> Option<u64> {
             let raw = get(var)?;
@@ -277,7 +269,6 @@ impl HeartbeatBuilder {
             env::SHUTDOWN_BUDGET,
             "a whole number of milliseconds, 1 to 60000 (default 1000)",
         );
-        let insecure = get(env::ALLOW_INSECURE_HTTP);
         if self.interval.is_none() {
             self.interval = interval.map(Duration::from_secs);
         }
@@ -287,20 +278,28 @@ impl HeartbeatBuilder {
         if self.shutdown_budget.is_none() {
             self.shutdown_budget = budget.map(Duration::from_millis);
         }
-        if self.allow_insecure_http.is_none() {
-            self.allow_insecure_http = insecure.map(|v| matches!(v.trim(), "1" | "true" | "yes"));
-        }
         if self.env_error.is_none() {
             self.env_error = first_error;
         }
         self
     }
 
-    /// Checks everything and builds the transport, without starting anything.
-    pub(crate) fn validate(&mut self) -> Result<Validated, ConfigError> {
-        if let Some(e) = self.env_error.take() {
-            return Err(e);
+    /// Checks every setting without building or starting anything.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate_config(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.env_error {
+            return Err(e.clone());
         }
+        self.checked_numbers()?;
+        if self.transport.is_none() {
+            self.settings.resolve()?;
+        }
+        Ok(())
+    }
+
+    fn checked_numbers(&self) -> Result<(Duration, u32, Duration), ConfigError> {
         validate_name(&self.name)?;
         let interval = self.interval.unwrap_or(DEFAULT_INTERVAL);
         if interval < Duration::from_secs(1) || interval > Duration::from_secs(86_400) {
@@ -326,9 +325,18 @@ impl HeartbeatBuilder {
                 expected: "between 1 ms and 60 s (default 1 s)",
             });
         }
+        Ok((interval, breaker_threshold, shutdown_budget))
+    }
+
+    /// Checks everything and builds the transport, without starting anything.
+    pub(crate) fn validate(&mut self) -> Result<Validated, ConfigError> {
+        if let Some(e) = self.env_error.take() {
+            return Err(e);
+        }
+        let (interval, breaker_threshold, shutdown_budget) = self.checked_numbers()?;
         let transport = match self.transport.take() {
             Some(t) => t,
-            None => Box::new(self.postgrest_transport()?),
+            None => self.settings.resolve()?.into_transport(&self.reporter)?,
         };
         Ok(Validated {
             name: self.name.clone(),
@@ -336,44 +344,6 @@ impl HeartbeatBuilder {
             breaker_threshold,
             shutdown_budget,
             transport,
-        })
-    }
-
-    /// The checked Supabase settings.
-    pub fn postgrest_config(&self) -> Result<PostgrestConfig, ConfigError> {
-        let raw_url = self.url.as_deref().ok_or(ConfigError::MissingUrl)?;
-        let url = parse_url(raw_url, self.allow_insecure_http.unwrap_or(false))?;
-        let (key, source_name) = self.key.clone().ok_or(ConfigError::MissingKey)?;
-        if !key.is_header_safe() {
-            return Err(ConfigError::MalformedKey { source_name });
-        }
-        if key.is_publishable() {
-            return Err(ConfigError::PublishableKey { source_name });
-        }
-        let schema = self.schema.clone().unwrap_or_else(|| "public".into());
-        let ident = !schema.is_empty()
-            && schema.len() <= 63
-            && !schema.starts_with(|c: char| c.is_ascii_digit())
-            && schema
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !ident {
-            return Err(ConfigError::InvalidSchema { value: schema });
-        }
-        Ok(PostgrestConfig {
-            url,
-            key,
-            schema,
-            connect_timeout: self.connect_timeout,
-            request_timeout: self.request_timeout,
-        })
-    }
-
-    fn postgrest_transport(&self) -> Result<PostgrestTransport, ConfigError> {
-        let config = self.postgrest_config()?;
-        PostgrestTransport::new(&config, &self.reporter).map_err(|e| ConfigError::InvalidUrl {
-            value: config.url.to_string(),
-            reason: e.to_string(),
         })
     }
 
@@ -388,9 +358,11 @@ impl HeartbeatBuilder {
         let inner = Arc::clone(&beat_loop.inner);
         std::thread::Builder::new()
             .name("hp-heartbeat".into())
-            .spawn(move || beat_loop.run_blocking())?;
+            .spawn(move || beat_loop.run_blocking())
+            .map_err(|e| ConfigError::Thread(e.to_string()))?;
         if handle_signals {
-            crate::signals::watch(&inner)?;
+            crate::signals::watch(&inner)
+                .map_err(|e| ConfigError::Thread(format!("signal handler: {e}")))?;
         }
         Ok(Heartbeat {
             inner,
@@ -476,41 +448,6 @@ pub fn validate_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn parse_url(raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
-    let invalid = |reason: &str| ConfigError::InvalidUrl {
-        value: raw.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let mut url = Url::parse(raw.trim()).map_err(|e| invalid(&e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(
-            "the scheme must be https (or http for a local server)",
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid("it must not have a query or fragment"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid("it must not contain credentials"));
-    }
-    let loopback = match url.host() {
-        None => return Err(invalid("it has no host")),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-    };
-    if url.scheme() == "http" && !loopback && !allow_insecure_http {
-        return Err(ConfigError::InsecureUrl {
-            value: raw.to_owned(),
-        });
-    }
-    // Users paste the REST endpoint as often as the project URL.
-    let path = url.path().trim_end_matches('/');
-    let path = path.strip_suffix("/rest/v1").unwrap_or(path).to_owned();
-    url.set_path(&path);
-    Ok(url)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,9 +462,8 @@ mod tests {
     }
 
     fn err_of(b: HeartbeatBuilder) -> String {
-        let mut b = b;
-        match b.validate() {
-            Ok(_) => "ok".into(),
+        match b.validate_config() {
+            Ok(()) => "ok".into(),
             Err(e) => e.to_string(),
         }
     }
@@ -544,9 +480,9 @@ mod tests {
                 ("HP_HEARTBEAT_INTERVAL_SECS", "5"),
             ]));
         assert_eq!(b.name, "from-env");
-        assert_eq!(b.url.as_deref(), Some("https://code.example.com"));
+        assert_eq!(b.settings.url.as_deref(), Some("https://code.example.com"));
         assert_eq!(
-            b.key.as_ref().map(|(_, s)| s.as_str()),
+            b.settings.key.as_ref().map(|(_, s)| s.as_str()),
             Some("SUPABASE_SERVICE_ROLE_KEY")
         );
         assert_eq!(b.interval, Some(Duration::from_secs(5)));
@@ -559,7 +495,7 @@ mod tests {
             ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_second"),
         ]));
         assert_eq!(
-            b.key.as_ref().map(|(_, s)| s.as_str()),
+            b.settings.key.as_ref().map(|(_, s)| s.as_str()),
             Some("SUPABASE_SECRET_KEY")
         );
     }
@@ -574,47 +510,29 @@ mod tests {
             "{e}"
         );
         let e = err_of(
-            HeartbeatBuilder::new("w")
-                .apply_env(env_of(&[("HP_HEARTBEAT_INTERVAL_SECS", "0")]))
-                .url("https://x.supabase.co")
-                .key("sb_secret_x"),
+            HeartbeatBuilder::new("w").apply_env(env_of(&[("HP_HEARTBEAT_INTERVAL_SECS", "0")])),
         );
         assert!(e.contains("interval"), "{e}");
-    }
-
-    #[test]
-    fn missing_url_and_key_say_the_fix() {
-        let e = err_of(HeartbeatBuilder::new("w"));
-        assert!(e.contains("SUPABASE_URL is not set"), "{e}");
-        let e = err_of(HeartbeatBuilder::new("w").url("https://x.supabase.co"));
-        assert!(e.contains("SUPABASE_SECRET_KEY"), "{e}");
-    }
-
-    #[test]
-    fn plain_http_only_to_loopback_unless_allowed() {
-        let ok = |url: &str| parse_url(url, false).is_ok();
-        assert!(ok("http://127.0.0.1:54321"));
-        assert!(ok("http://localhost:54321"));
-        assert!(ok("http://[::1]:54321"));
-        assert!(ok("https://abcdefgh.supabase.co"));
-        assert!(!ok("http://abcdefgh.supabase.co"));
-        assert!(!ok("http://10.0.0.5:8000"));
-        assert!(parse_url("http://10.0.0.5:8000", true).is_ok());
         let e = err_of(
-            HeartbeatBuilder::new("w")
-                .url("http://db.internal")
-                .key("sb_secret_x"),
+            HeartbeatBuilder::new("w").apply_env(env_of(&[("HP_SHUTDOWN_BUDGET_MS", "-1")])),
         );
-        assert!(e.contains("HP_ALLOW_INSECURE_HTTP"), "{e}");
+        assert!(e.contains("HP_SHUTDOWN_BUDGET_MS"), "{e}");
     }
 
     #[test]
-    fn url_forms() {
-        let u = parse_url("https://x.supabase.co/rest/v1/", false).map(|u| u.to_string());
-        assert_eq!(u.ok().as_deref(), Some("https://x.supabase.co/"));
-        assert!(parse_url("x.supabase.co", false).is_err());
-        assert!(parse_url("ftp://x.supabase.co", false).is_err());
-        assert!(parse_url("https://user:pw@x.supabase.co", false).is_err());
+    fn with_nothing_configured_it_is_valid_for_the_local_store() {
+        assert_eq!(
+            err_of(HeartbeatBuilder::new("w").apply_env(env_of(&[]))),
+            "ok"
+        );
+        let e = err_of(HeartbeatBuilder::new("w").apply_env(env_of(&[("HP_STORE", "supabase")])));
+        assert!(e.contains("SUPABASE_URL"), "{e}");
+    }
+
+    #[test]
+    fn builder_key_without_url_names_the_fix() {
+        let e = err_of(HeartbeatBuilder::new("w").key("sb_secret_x"));
+        assert!(e.contains("SUPABASE_URL"), "{e}");
     }
 
     #[test]
@@ -633,31 +551,8 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_checked_and_never_shown() {
-        let e = err_of(
-            HeartbeatBuilder::new("w")
-                .url("https://x.supabase.co")
-                .key("sb_secret_FAKE with space"),
-        );
-        assert!(e.contains("whitespace") && !e.contains("FAKE"), "{e}");
-        let e = err_of(
-            HeartbeatBuilder::new("w")
-                .url("https://x.supabase.co")
-                .key("sb_publishable_FAKE"),
-        );
-        assert!(e.contains("publishable") && !e.contains("FAKE"), "{e}");
+    fn builder_debug_never_shows_the_key() {
         let b = HeartbeatBuilder::new("w").key("sb_secret_FAKE_never_printed");
         assert!(!format!("{b:?}").contains("FAKE"));
-    }
-
-    #[test]
-    fn schema_must_be_an_identifier() {
-        let e = err_of(
-            HeartbeatBuilder::new("w")
-                .url("https://x.supabase.co")
-                .key("sb_secret_x")
-                .schema("public; drop"),
-        );
-        assert!(e.contains("schema"), "{e}");
     }
 }

@@ -3,12 +3,18 @@
 use std::time::Duration;
 
 /// Why a heartbeat could not start. Each message names the bad value and the fix.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// No Supabase URL was given.
-    #[error("SUPABASE_URL is not set: set it to your project URL, e.g. https://abcdefgh.supabase.co (Project Settings > API), or pass .url(...)")]
+    /// Supabase was asked for but no URL was given.
+    #[error("SUPABASE_URL is not set: set it to your project URL, e.g. https://abcdefgh.supabase.co (Project Settings > API), or unset HP_STORE to report to the local store")]
     MissingUrl,
+    /// A key is set but the URL is not: a half-done Supabase setup.
+    #[error("{source_name} is set but SUPABASE_URL is not: set SUPABASE_URL to your project URL (e.g. https://abcdefgh.supabase.co), or HP_STORE=local to report to the local store on purpose")]
+    KeyWithoutUrl {
+        /// The variable holding the key.
+        source_name: String,
+    },
     /// The URL does not parse or is not http(s).
     #[error("SUPABASE_URL {value:?} is not a valid URL ({reason}): use the project URL, e.g. https://abcdefgh.supabase.co")]
     InvalidUrl {
@@ -67,7 +73,7 @@ pub enum ConfigError {
     AlreadyStarted,
     /// The background thread could not be started.
     #[error("could not start the heartbeat thread: {0}")]
-    Thread(#[from] std::io::Error),
+    Thread(String),
 }
 
 /// Why one beat was not stored. Never returned to the worker's code path: the
@@ -153,8 +159,8 @@ pub enum SendError {
     /// Could not connect or the connection broke; retried.
     #[error("could not reach the server: {0} (check SUPABASE_URL and the network)")]
     Connect(String),
-    /// A local store failed.
-    #[error("local store: {0}")]
+    /// The local store cannot be opened or written; the message says why and the fix.
+    #[error("{0}")]
     Store(String),
 }
 

@@ -61,8 +61,11 @@ pub mod postgrest;
 pub mod probe;
 mod reporter;
 mod row;
+mod settings;
 mod signals;
+mod sqlite;
 mod state;
+mod status_row;
 pub mod transport;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -73,6 +76,9 @@ pub use health::{derive_health, Health, STALE_AFTER_INTERVALS};
 pub use heartbeat::{FinalState, Heartbeat};
 pub use key::ApiKey;
 pub use row::{truncate_message, WorkerRow, WorkerStatus, MAX_LAST_ERROR_BYTES};
+pub use settings::{StoreChoice, StoreSettings, Target};
+pub use sqlite::SqliteStore;
+pub use status_row::StatusRow;
 pub use transport::{MemoryTransport, Transport};
 
 /// The process-wide reporter behind the free functions.

@@ -1,0 +1,301 @@
+//! The embedded default store: the same row, columns and rules as the
+//! Postgres table, in a local SQLite file that several processes share.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{params_from_iter, Connection, OpenFlags};
+use serde_json::{Map, Value};
+
+use crate::error::SendError;
+use crate::row::WorkerRow;
+use crate::status_row::StatusRow;
+use crate::transport::{SendFuture, Transport};
+
+/// The table, with the Postgres migration's CHECKs. `last_heartbeat` and
+/// `updated_at` are the store's clock at each write, as in Postgres.
+const SCHEMA: &str = "
+create table if not exists hp_worker_status (
+  worker_name text primary key
+    check (length(worker_name) between 1 and 128 and worker_name not glob '*[^A-Za-z0-9._:-]*'),
+  status text not null default 'unknown' check (status in ('unknown', 'running', 'stopped', 'crashed')),
+  last_heartbeat text,
+  client_heartbeat text,
+  jobs_processed integer not null default 0 check (jobs_processed >= 0),
+  error_count integer not null default 0 check (error_count >= 0),
+  circuit_breaker_open integer not null default 0 check (circuit_breaker_open in (0, 1)),
+  metadata text not null default '{}'
+    check (json_valid(metadata) and json_type(metadata) = 'object' and length(cast(metadata as blob)) <= 8192),
+  pid integer check (pid > 0),
+  hostname text check (length(cast(hostname as blob)) <= 255),
+  started_at text,
+  uptime_seconds integer check (uptime_seconds >= 0),
+  memory_rss_bytes integer check (memory_rss_bytes >= 0),
+  cpu_percent real check (cpu_percent >= 0),
+  version text check (length(cast(version as blob)) <= 128),
+  reporter text check (length(cast(reporter as blob)) <= 128),
+  instance_id text,
+  consecutive_errors integer not null default 0 check (consecutive_errors >= 0),
+  last_error text check (length(cast(last_error as blob)) <= 2048),
+  exit_code integer,
+  exit_signal integer check (exit_signal between 1 and 64),
+  heartbeat_interval_seconds integer not null default 30 check (heartbeat_interval_seconds between 1 and 86400),
+  updated_at text
+);";
+
+/// Columns stored as 0/1 that read back as JSON booleans.
+const BOOLEAN_COLUMNS: [&str; 1] = ["circuit_breaker_open"];
+/// Columns stored as JSON text that read back as JSON.
+const JSON_COLUMNS: [&str; 1] = ["metadata"];
+
+/// A local SQLite store (WAL mode, busy timeout), opened on first use so a
+/// bad path is reported by the beat loop and never stops the worker.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    path: PathBuf,
+    connection: Arc<Mutex<Option<Connection>>>,
+}
+
+impl SqliteStore {
+    /// A store at `path`; nothing is opened yet.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteStore {
+            path: path.into(),
+            connection: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes one row now, creating the file and table on first use.
+    ///
+    /// # Errors
+    /// [`SendError::Store`] saying what is wrong with the file and the fix.
+    pub fn write(&self, row: &WorkerRow) -> Result<(), SendError> {
+        let mut slot = self
+            .connection
+            .lock()
+            .map_err(|_| SendError::Store("local store lock poisoned".into()))?;
+        if slot.is_none() {
+            *slot = Some(open_for_writing(&self.path)?);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Ok(());
+        };
+        let result = upsert(conn, row);
+        if result.is_err() {
+            // Reopen next time: the file may have been replaced or fixed.
+            *slot = None;
+        }
+        result.map_err(|e| explain(&self.path, &e))
+    }
+
+    /// Every row, by worker name.
+    ///
+    /// # Errors
+    /// [`SendError::Store`] when the file is missing or not a store.
+    pub fn read_all(&self) -> Result<Vec<StatusRow>, SendError> {
+        if !self.path.exists() {
+            return Err(SendError::Store(format!(
+                "no local store at {}: no worker has reported here yet (set HP_STORE to the path the workers use)",
+                self.path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| explain(&self.path, &e))?;
+        conn.busy_timeout(Duration::from_secs(2))
+            .map_err(|e| explain(&self.path, &e))?;
+        read_rows(&conn).map_err(|e| explain(&self.path, &e))
+    }
+}
+
+impl Transport for SqliteStore {
+    fn send<'a>(&'a mut self, row: &'a WorkerRow) -> SendFuture<'a> {
+        let store = self.clone();
+        let row = row.clone();
+        // Off the loop's thread: a busy file can then not hold the shutdown
+        // past its budget (the loop's timeout still fires).
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.write(&row))
+                .await
+                .unwrap_or_else(|e| Err(SendError::Store(format!("local store task failed: {e}"))))
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("the local store {}", self.path.display())
+    }
+}
+
+fn open_for_writing(path: &Path) -> Result<Connection, SendError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            if path == crate::settings::StoreSettings::default_local_path() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    SendError::Store(format!(
+                        "cannot create {}: {e} (set HP_STORE to a writable path)",
+                        dir.display()
+                    ))
+                })?;
+            } else {
+                return Err(SendError::Store(format!(
+                    "the local store's directory {} does not exist: create it, or set HP_STORE to a path in an existing directory",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let conn = Connection::open(path).map_err(|e| explain(path, &e))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| explain(path, &e))?;
+    // WAL lets several sidecars on one host write while `status` reads.
+    conn.pragma_update(None, "journal_mode", "wal")
+        .map_err(|e| explain(path, &e))?;
+    conn.pragma_update(None, "synchronous", "normal")
+        .map_err(|e| explain(path, &e))?;
+    conn.execute_batch(SCHEMA).map_err(|e| explain(path, &e))?;
+    Ok(conn)
+}
+
+fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
+    let Ok(Value::Object(fields)) = serde_json::to_value(row) else {
+        return Err(rusqlite::Error::InvalidQuery);
+    };
+    let now = crate::reporter::now_micros().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut columns: Vec<&str> = fields.keys().map(String::as_str).collect();
+    let mut values: Vec<SqlValue> = fields.values().map(to_sql).collect();
+    columns.extend(["last_heartbeat", "updated_at"]);
+    values.extend([SqlValue::Text(now.clone()), SqlValue::Text(now)]);
+    let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    let updates: Vec<String> = columns
+        .iter()
+        .filter(|c| **c != "worker_name")
+        .map(|c| format!("{c} = excluded.{c}"))
+        .collect();
+    let sql = format!(
+        "insert into hp_worker_status ({}) values ({}) on conflict(worker_name) do update set {}",
+        columns.join(", "),
+        placeholders.join(", "),
+        updates.join(", ")
+    );
+    conn.prepare_cached(&sql)?
+        .execute(params_from_iter(values))?;
+    Ok(())
+}
+
+fn to_sql(v: &Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Number(n) => n
+            .as_i64()
+            .map(SqlValue::Integer)
+            .unwrap_or_else(|| SqlValue::Real(n.as_f64().unwrap_or(0.0))),
+        Value::String(s) => SqlValue::Text(s.clone()),
+        other => SqlValue::Text(other.to_string()),
+    }
+}
+
+fn read_rows(conn: &Connection) -> rusqlite::Result<Vec<StatusRow>> {
+    let mut stmt = conn.prepare("select * from hp_worker_status order by worker_name")?;
+    let names: Vec<String> = stmt
+        .column_names()
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    let rows = stmt.query_map([], |r| {
+        let mut obj = Map::new();
+        for (i, name) in names.iter().enumerate() {
+            let v: SqlValue = r.get(i)?;
+            obj.insert(name.clone(), from_sql(name, v));
+        }
+        Ok(obj)
+    })?;
+    let mut out = Vec::new();
+    for obj in rows {
+        if let Ok(row) = serde_json::from_value::<StatusRow>(Value::Object(obj?)) {
+            out.push(row);
+        }
+    }
+    Ok(out)
+}
+
+fn from_sql(column: &str, v: SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) if BOOLEAN_COLUMNS.contains(&column) => Value::Bool(i != 0),
+        SqlValue::Integer(i) => Value::from(i),
+        SqlValue::Real(f) => Value::from(f),
+        SqlValue::Text(t) if JSON_COLUMNS.contains(&column) => {
+            serde_json::from_str(&t).unwrap_or(Value::Null)
+        }
+        SqlValue::Text(t) => Value::String(t),
+        SqlValue::Blob(_) => Value::Null,
+    }
+}
+
+/// Says what is wrong with the file in words, with the fix.
+fn explain(path: &Path, e: &rusqlite::Error) -> SendError {
+    use rusqlite::ffi::ErrorCode;
+    let p = path.display();
+    let why = match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+            format!("the local store {p} is not a valid SQLite database ({e}): move it away, or set HP_STORE to another path")
+        }
+        Some(ErrorCode::ReadOnly) | Some(ErrorCode::PermissionDenied) => read_only(path, e),
+        Some(ErrorCode::CannotOpen) if !writable(path) => read_only(path, e),
+        Some(ErrorCode::CannotOpen) => {
+            format!("cannot open the local store {p} ({e}): check that the directory exists and is writable, or set HP_STORE")
+        }
+        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
+            format!("the local store {p} stayed locked by another process ({e}): retrying")
+        }
+        Some(ErrorCode::ConstraintViolation) => format!("the local store {p} refused the row: {e}"),
+        _ => format!("local store {p}: {e}"),
+    };
+    SendError::Store(why)
+}
+
+fn read_only(path: &Path, e: &rusqlite::Error) -> String {
+    format!(
+        "the local store {} is read-only for this user ({e}): the file and its directory must be writable (SQLite adds -wal and -shm files beside it); fix the permissions, or set HP_STORE to a writable path",
+        path.display()
+    )
+}
+
+/// Whether this process may write the file and create files beside it.
+fn writable(path: &Path) -> bool {
+    let file_ok = !path.exists() || std::fs::OpenOptions::new().append(true).open(path).is_ok();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let probe = dir.join(format!(".hp-heartbeat-probe-{}", std::process::id()));
+    let dir_ok = std::fs::File::create(&probe)
+        .map(|_| std::fs::remove_file(&probe))
+        .is_ok();
+    file_ok && dir_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_and_json_read_back_as_json() {
+        assert_eq!(
+            from_sql("circuit_breaker_open", SqlValue::Integer(1)),
+            Value::Bool(true)
+        );
+        assert_eq!(
+            from_sql("metadata", SqlValue::Text("{\"a\":1}".into()))["a"],
+            1
+        );
+        assert_eq!(to_sql(&Value::Bool(true)), SqlValue::Integer(1));
+    }
+}
