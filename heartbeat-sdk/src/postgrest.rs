@@ -212,6 +212,67 @@ pub fn classify(status: u16, body: &[u8]) -> SendError {
     }
 }
 
+/// Reads every row, ordered by worker name, with the server's clock (its
+/// `Date` header) so that staleness does not depend on the reader's clock.
+///
+/// # Errors
+/// The same classified [`SendError`]s as a beat.
+pub async fn fetch_rows(
+    config: &PostgrestConfig,
+) -> Result<(Vec<crate::StatusRow>, Option<chrono::DateTime<chrono::Utc>>), SendError> {
+    let mut url = config.url.clone();
+    url.set_path(&format!(
+        "{}/rest/v1/{TABLE}",
+        config.url.path().trim_end_matches('/')
+    ));
+    url.set_query(Some("select=*&order=worker_name.asc"));
+    let mut headers =
+        request_headers(config, concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION")))?;
+    headers.remove("content-profile");
+    headers.remove("prefer");
+    headers.remove(reqwest::header::CONTENT_TYPE);
+    headers.insert(
+        "accept-profile",
+        HeaderValue::from_str(&config.schema)
+            .map_err(|_| SendError::Connect("invalid schema".into()))?,
+    );
+    headers.insert(
+        reqwest::header::ACCEPT,
+        HeaderValue::from_static("application/json"),
+    );
+    let client = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.request_timeout)
+        .build()
+        .map_err(|e| SendError::Connect(format!("cannot build the HTTP client: {e}")))?;
+    let response = client.get(url).headers(headers).send().await.map_err(|e| {
+        if e.is_timeout() {
+            SendError::Timeout(config.request_timeout)
+        } else {
+            SendError::Connect(e.without_url().to_string())
+        }
+    })?;
+    let status = response.status().as_u16();
+    let server_now = response
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+        .map(|d| d.with_timezone(&chrono::Utc));
+    let body = response.bytes().await.unwrap_or_default();
+    if !(200..300).contains(&status) {
+        return Err(classify(status, &body));
+    }
+    let rows: Vec<crate::StatusRow> =
+        serde_json::from_slice(&body).map_err(|e| SendError::Rejected {
+            status,
+            code: String::new(),
+            message: format!("the rows did not parse: {e}"),
+            hint: "is this the hp_worker_status table?".into(),
+        })?;
+    Ok((rows, server_now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

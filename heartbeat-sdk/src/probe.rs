@@ -63,14 +63,20 @@ impl ProcessProbe for OwnProcess {
 pub struct ProcessTree {
     system: System,
     root: Pid,
+    last: ProcessSample,
 }
 
 impl ProcessTree {
     /// Samples `root` and everything it spawned.
     pub fn new(root: u32) -> Self {
+        let last = ProcessSample {
+            pid: Some(root),
+            ..Default::default()
+        };
         ProcessTree {
             system: System::new(),
             root: Pid::from_u32(root),
+            last,
         }
     }
 }
@@ -107,11 +113,12 @@ impl ProcessProbe for ProcessTree {
                 cpu += p.cpu_usage();
             }
         }
-        ProcessSample {
+        self.last = ProcessSample {
             pid: Some(self.root.as_u32()),
             memory_rss_bytes: Some(memory),
             cpu_percent: Some(cpu),
-        }
+        };
+        self.last
     }
 }
 

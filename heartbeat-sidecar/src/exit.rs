@@ -1,0 +1,171 @@
+//! How the child's end becomes the final row, and how the sidecar itself ends.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+
+use heartbeat_sdk::{FinalState, WorkerStatus};
+
+/// Signals that mean "shut down": ending by one of them is a clean stop.
+pub const SHUTDOWN_SIGNALS: [i32; 2] = [libc::SIGTERM, libc::SIGINT];
+
+/// How the sidecar must end so supervisors see what the child did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit with this code.
+    Code(i32),
+    /// End by this signal.
+    Signal(i32),
+}
+
+/// The final row for a child that ended with `status`.
+///
+/// `forwarded` is the shutdown signal the sidecar passed on, if any: a child
+/// that then exits with `128 + signal` (as shells do) stopped cleanly too.
+pub fn classify(
+    status: ExitStatus,
+    forwarded: Option<i32>,
+    stderr_tail: &str,
+) -> (FinalState, Exit) {
+    let tail = (!stderr_tail.trim().is_empty()).then(|| stderr_tail.to_owned());
+    if let Some(code) = status.code() {
+        let by_forwarded = forwarded.is_some_and(|s| code == 128 + s);
+        let state = if code == 0 || by_forwarded {
+            FinalState {
+                status: WorkerStatus::Stopped,
+                exit_code: Some(code),
+                exit_signal: None,
+                last_error: None,
+            }
+        } else {
+            FinalState {
+                status: WorkerStatus::Crashed,
+                exit_code: Some(code),
+                exit_signal: None,
+                last_error: tail.or_else(|| Some(format!("exited with code {code}"))),
+            }
+        };
+        return (state, Exit::Code(code));
+    }
+    let signal = status.signal().unwrap_or(libc::SIGKILL);
+    let state = if SHUTDOWN_SIGNALS.contains(&signal) {
+        FinalState {
+            status: WorkerStatus::Stopped,
+            exit_code: None,
+            exit_signal: Some(signal),
+            last_error: None,
+        }
+    } else {
+        FinalState {
+            status: WorkerStatus::Crashed,
+            exit_code: None,
+            exit_signal: Some(signal),
+            last_error: tail.or_else(|| Some(format!("killed by signal {}", signal_name(signal)))),
+        }
+    };
+    (state, Exit::Signal(signal))
+}
+
+/// `SIGKILL` for 9, and so on.
+pub fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_owned()
+}
+
+/// Ends this process as `exit` says: the same code, or the same signal with
+/// its default action restored.
+pub fn end_process(exit: Exit) -> ! {
+    match exit {
+        Exit::Code(code) => std::process::exit(code),
+        Exit::Signal(signal) => {
+            // SAFETY: restoring the default action and raising a signal on
+            // ourselves; no Rust state is touched in between.
+            unsafe {
+                libc::signal(signal, libc::SIG_DFL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, signal);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                libc::raise(signal);
+            }
+            // Signals whose default is to be ignored land here.
+            std::process::exit(128 + signal)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(code: i32) -> ExitStatus {
+        ExitStatus::from_raw(code << 8)
+    }
+    fn killed(signal: i32) -> ExitStatus {
+        ExitStatus::from_raw(signal)
+    }
+
+    #[test]
+    fn clean_exit_is_stopped() {
+        let (s, e) = classify(exited(0), None, "");
+        assert_eq!(
+            (s.status, s.exit_code, e),
+            (WorkerStatus::Stopped, Some(0), Exit::Code(0))
+        );
+    }
+
+    #[test]
+    fn non_zero_exit_is_crashed_with_code_and_stderr() {
+        let (s, e) = classify(exited(3), None, "Error: boom\n");
+        assert_eq!(
+            (s.status, s.exit_code, e),
+            (WorkerStatus::Crashed, Some(3), Exit::Code(3))
+        );
+        assert_eq!(s.last_error.as_deref(), Some("Error: boom\n"));
+    }
+
+    #[test]
+    fn shutdown_signals_are_stopped_others_crashed() {
+        let (s, e) = classify(killed(libc::SIGTERM), None, "");
+        assert_eq!(
+            (s.status, s.exit_signal, e),
+            (WorkerStatus::Stopped, Some(15), Exit::Signal(15))
+        );
+        let (s, _) = classify(killed(libc::SIGINT), None, "");
+        assert_eq!(s.status, WorkerStatus::Stopped);
+        let (s, e) = classify(killed(libc::SIGKILL), None, "");
+        assert_eq!((s.status, e), (WorkerStatus::Crashed, Exit::Signal(9)));
+        assert_eq!(s.last_error.as_deref(), Some("killed by signal SIGKILL"));
+    }
+
+    #[test]
+    fn shell_style_128_plus_signal_after_a_forwarded_shutdown_is_stopped() {
+        assert_eq!(
+            classify(exited(143), Some(libc::SIGTERM), "").0.status,
+            WorkerStatus::Stopped
+        );
+        assert_eq!(
+            classify(exited(143), None, "").0.status,
+            WorkerStatus::Crashed
+        );
+        assert_eq!(
+            classify(exited(130), Some(libc::SIGTERM), "").0.status,
+            WorkerStatus::Crashed
+        );
+    }
+}
