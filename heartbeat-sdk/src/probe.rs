@@ -89,9 +89,11 @@ impl ProcessProbe for ProcessTree {
             .refresh_processes_specifics(ProcessesToUpdate::All, true, kind());
         let processes = self.system.processes();
         if !processes.contains_key(&self.root) {
+            // Gone (the final row): the last memory seen is what explains an
+            // out-of-memory end; it no longer uses any CPU.
             return ProcessSample {
-                pid: Some(self.root.as_u32()),
-                ..Default::default()
+                cpu_percent: Some(0.0),
+                ..self.last
             };
         }
         let mut tree = vec![self.root];
