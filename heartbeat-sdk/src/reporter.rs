@@ -37,6 +37,10 @@ pub(crate) struct BeatLoop {
     pub logs: LogLimiter,
     /// Beats that failed since the last success (for the recovery log line).
     pub failed_beats: u64,
+    /// The breaker's state in the previous row, to log when it opens.
+    pub breaker_was_open: bool,
+    /// Its own limiter: a delivered beat clears `logs`, not this.
+    pub breaker_logs: LogLimiter,
 }
 
 /// How often the same failure may be logged.
@@ -59,6 +63,8 @@ impl BeatLoop {
             probe,
             logs: LogLimiter::new(LOG_EVERY),
             failed_beats: 0,
+            breaker_was_open: false,
+            breaker_logs: LogLimiter::new(LOG_EVERY),
         }
     }
 
@@ -174,6 +180,20 @@ impl BeatLoop {
 
     pub(crate) fn build_row(&mut self, final_state: Option<&FinalState>) -> WorkerRow {
         let counters = self.inner.counters.snapshot();
+        if counters.breaker_open
+            && !self.breaker_was_open
+            && self
+                .breaker_logs
+                .allow("breaker", std::time::Instant::now())
+                .is_some()
+        {
+            tracing::warn!(
+                worker = %self.identity.worker_name,
+                "heartbeat: circuit breaker open after {} errors in a row; the row says crashed until a job succeeds or reset_circuit() is called",
+                counters.consecutive_errors
+            );
+        }
+        self.breaker_was_open = counters.breaker_open;
         let sample = self.probe.sample();
         let id = &self.identity;
         let uptime = id.started.elapsed();

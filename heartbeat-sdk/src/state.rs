@@ -58,13 +58,9 @@ impl Counters {
     #[inline]
     pub fn job_failed(&self) {
         self.errors.fetch_add(1, Relaxed);
-        let streak = self.consecutive_errors.fetch_add(1, Relaxed) + 1;
-        if streak == self.threshold {
-            tracing::warn!(
-                consecutive_errors = streak,
-                "heartbeat: circuit breaker opened after {streak} errors in a row; the row now says crashed until a job succeeds or reset_circuit() is called"
-            );
-        }
+        // The beat loop notices the breaker opening and logs it (rate-limited):
+        // nothing here may lock or allocate on the worker's path.
+        self.consecutive_errors.fetch_add(1, Relaxed);
     }
 
     pub fn record_error_message(&self, message: &str) {

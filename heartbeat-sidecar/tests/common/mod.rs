@@ -1,0 +1,172 @@
+//! Helpers for the sidecar's tests: the binary, a mock PostgREST, rows.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+pub const SECRET_KEY: &str = "sb_secret_FAKE_sidecar_test_key";
+
+pub fn sidecar() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_heartbeat-sidecar"));
+    for var in [
+        "SUPABASE_URL",
+        "SUPABASE_SECRET_KEY",
+        "SUPABASE_SERVICE_ROLE_KEY",
+        "SUPABASE_SERVICE_KEY",
+        "HP_STORE",
+        "HP_WORKER_NAME",
+        "HP_HEARTBEAT_INTERVAL_SECS",
+        "HP_SUPABASE_SCHEMA",
+        "NODE_APP_INSTANCE",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("NO_COLOR", "1");
+    c
+}
+
+/// The sidecar reporting to `server` with a 1 s beat.
+pub fn sidecar_to(server: &MockServer) -> Command {
+    let mut c = sidecar();
+    c.env("SUPABASE_URL", server.uri())
+        .env("SUPABASE_SECRET_KEY", SECRET_KEY)
+        .env("HP_HEARTBEAT_INTERVAL_SECS", "1");
+    c
+}
+
+pub async fn postgrest() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/rest/v1/hp_worker_status"))
+        .respond_with(ResponseTemplate::new(201))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Every row the server received for `name`, oldest first.
+pub async fn rows(server: &MockServer, name: &str) -> Vec<Value> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+        .filter(|v| v["worker_name"] == name)
+        .collect()
+}
+
+/// Waits until a row for `name` satisfies `want`.
+pub async fn wait_row(
+    server: &MockServer,
+    name: &str,
+    timeout: Duration,
+    want: impl Fn(&Value) -> bool,
+) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = rows(server, name).await.into_iter().rev().find(|r| want(r)) {
+            return Some(r);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn last_row(server: &MockServer, name: &str) -> Value {
+    rows(server, name).await.pop().unwrap_or(Value::Null)
+}
+
+/// Waits for the child to end, killing it after `timeout`.
+pub async fn wait_exit(mut child: Child, timeout: Duration) -> (ExitStatus, Child) {
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, child);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().expect("wait");
+                panic!("the sidecar did not end within {timeout:?} (killed: {status:?})");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .await
+    .expect("join")
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a valid signal.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie is dead for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn quiet(c: &mut Command) -> &mut Command {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+}
+
+pub fn node_available() -> bool {
+    let ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("\n##### SKIPPED: node is not installed, so this Node test did not run #####\n");
+    }
+    ok
+}
+
+/// Runs to the end collecting stdout and stderr (so a full pipe never blocks
+/// the sidecar), killing it after `timeout`.
+pub async fn output_within(mut cmd: Command, timeout: Duration) -> std::process::Output {
+    quiet(&mut cmd);
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id() as i32;
+    let watchdog = tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        // SAFETY: kill(2) on the pid we spawned.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().expect("output"))
+        .await
+        .expect("join");
+    watchdog.abort();
+    assert_ne!(
+        out.status.signal_or_none(),
+        Some(libc::SIGKILL),
+        "killed after {timeout:?}"
+    );
+    out
+}
+
+trait SignalOrNone {
+    fn signal_or_none(&self) -> Option<i32>;
+}
+
+impl SignalOrNone for std::process::ExitStatus {
+    fn signal_or_none(&self) -> Option<i32> {
+        std::os::unix::process::ExitStatusExt::signal(self)
+    }
+}

@@ -1,0 +1,495 @@
+//! The sidecar around real child processes, with real signals.
+
+mod common;
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_0_is_stopped_and_the_sidecar_exits_0() {
+    let server = postgrest().await;
+    let child = quiet(&mut sidecar_to(&server))
+        .args([
+            "run",
+            "--name",
+            "exit-zero",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.3; exit 0",
+        ])
+        .spawn()
+        .expect("spawn");
+    let (status, _) = wait_exit(child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+    let rows = rows(&server, "exit-zero").await;
+    assert_eq!(
+        rows.first().map(|r| r["status"].clone()),
+        Some("running".into()),
+        "a first beat at start"
+    );
+    let last = rows.last().expect("final row");
+    assert_eq!(last["status"], "stopped");
+    assert_eq!(last["exit_code"], 0);
+    assert_eq!(
+        last["reporter"]
+            .as_str()
+            .map(|r| r.starts_with("heartbeat-sidecar/")),
+        Some(true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_3_is_crashed_with_code_and_stderr_and_the_sidecar_exits_3() {
+    let server = postgrest().await;
+    let child = quiet(&mut sidecar_to(&server))
+        .args([
+            "run",
+            "--name",
+            "exit-three",
+            "--",
+            "sh",
+            "-c",
+            "echo 'Error: connection refused' >&2; exit 3",
+        ])
+        .spawn()
+        .expect("spawn");
+    let (status, child) = wait_exit(child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(3));
+    let last = last_row(&server, "exit-three").await;
+    assert_eq!(last["status"], "crashed");
+    assert_eq!(last["exit_code"], 3);
+    assert_eq!(last["last_error"], "Error: connection refused");
+    let out = child.wait_with_output().expect("output");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Error: connection refused"),
+        "stderr passes through"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn child_killed_by_sigkill_is_crashed_and_the_sidecar_ends_by_sigkill() {
+    let server = postgrest().await;
+    let child = quiet(&mut sidecar_to(&server))
+        .args(["run", "--name", "sigkilled", "--", "sh", "-c", "kill -9 $$"])
+        .spawn()
+        .expect("spawn");
+    let (status, _) = wait_exit(child, Duration::from_secs(10)).await;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let last = last_row(&server, "sigkilled").await;
+    assert_eq!(last["status"], "crashed");
+    assert_eq!(last["exit_signal"], 9);
+    assert_eq!(last["last_error"], "killed by signal SIGKILL");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_to_the_sidecar_reaches_the_child_which_stops_and_reports_its_own_pid() {
+    let server = postgrest().await;
+    let child = quiet(&mut sidecar_to(&server))
+        .args(["run", "--name", "termed", "--", "sh", "-c", "exec sleep 30"])
+        .spawn()
+        .expect("spawn");
+    let sidecar_pid = child.id() as i32;
+    let running = wait_row(&server, "termed", Duration::from_secs(10), |r| {
+        r["status"] == "running"
+    })
+    .await
+    .expect("running");
+    let child_pid = running["pid"].as_i64().expect("pid") as i32;
+    assert_ne!(
+        child_pid, sidecar_pid,
+        "the row's pid is the worker's, not the sidecar's"
+    );
+    assert_eq!(running["metadata"]["sidecar_pid"], sidecar_pid);
+    assert!(
+        std::fs::read_to_string(format!("/proc/{child_pid}/cmdline"))
+            .unwrap_or_default()
+            .starts_with("sleep")
+    );
+    let t0 = Instant::now();
+    kill(sidecar_pid, libc::SIGTERM);
+    let (status, _) = wait_exit(child, Duration::from_secs(5)).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(1600),
+        "within PM2's kill timeout: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
+        "ends as the worker ended"
+    );
+    let last = last_row(&server, "termed").await;
+    assert_eq!(last["status"], "stopped");
+    assert_eq!(last["exit_signal"], 15);
+    assert!(!alive(child_pid));
+}
+
+/// systemd's control-group kill signals the sidecar and the worker at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_to_the_whole_process_group_is_stopped_not_crashed() {
+    let server = postgrest().await;
+    let child = quiet(&mut sidecar_to(&server))
+        .args([
+            "run",
+            "--name",
+            "group-termed",
+            "--",
+            "sh",
+            "-c",
+            "exec sleep 30",
+        ])
+        .process_group(0)
+        .spawn()
+        .expect("spawn");
+    let group = child.id() as i32;
+    wait_row(&server, "group-termed", Duration::from_secs(10), |r| {
+        r["status"] == "running"
+    })
+    .await
+    .expect("running");
+    kill(-group, libc::SIGTERM);
+    let (status, _) = wait_exit(child, Duration::from_secs(5)).await;
+    assert_eq!(status.signal(), Some(libc::SIGTERM));
+    assert_eq!(last_row(&server, "group-termed").await["status"], "stopped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_handles_sigterm_and_exits_0_is_stopped() {
+    let server = postgrest().await;
+    let script = "trap 'echo bye; exit 0' TERM; echo ready; while :; do sleep 0.05; done";
+    let child = quiet(&mut sidecar_to(&server))
+        .args(["run", "--name", "graceful", "--", "sh", "-c", script])
+        .spawn()
+        .expect("spawn");
+    wait_row(&server, "graceful", Duration::from_secs(10), |r| {
+        r["status"] == "running"
+    })
+    .await
+    .expect("running");
+    kill(child.id() as i32, libc::SIGTERM);
+    let (status, child) = wait_exit(child, Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(last_row(&server, "graceful").await["status"], "stopped");
+    let out = child.wait_with_output().expect("out");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready\nbye\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_the_sidecar_takes_the_worker_down_too() {
+    let server = postgrest().await;
+    let child = quiet(&mut sidecar_to(&server))
+        .args(["run", "--name", "orphan", "--", "sh", "-c", "exec sleep 30"])
+        .spawn()
+        .expect("spawn");
+    let running = wait_row(&server, "orphan", Duration::from_secs(10), |r| {
+        r["status"] == "running"
+    })
+    .await
+    .expect("running");
+    let child_pid = running["pid"].as_i64().expect("pid") as i32;
+    kill(child.id() as i32, libc::SIGKILL);
+    let _ = wait_exit(child, Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while alive(child_pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!alive(child_pid), "the worker outlived a SIGKILLed sidecar");
+}
+
+/// The exact output of `script` run directly by sh.
+fn direct_output(script: &str) -> (Vec<u8>, Vec<u8>) {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    (out.stdout, out.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patterns_count_exactly_on_100_000_lines_and_output_is_byte_identical() {
+    let server = postgrest().await;
+    let script = r#"awk 'BEGIN { for (i = 1; i <= 100000; i++) { if (i % 10 == 0) print "ERROR job " i " failed" > "/dev/stderr"; else if (i % 3 == 0) print "job " i " done"; else print "progress " i } }'"#;
+    let mut cmd = sidecar_to(&server);
+    // The sidecar's own info line shares stderr; keep it out of the comparison.
+    cmd.env("HP_LOG", "warn");
+    cmd.args([
+        "run",
+        "--name",
+        "counted",
+        "--job-pattern",
+        "^job .* done$",
+        "--error-pattern",
+        "^ERROR",
+        "--error-pattern",
+        "^FATAL",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let out = output_within(cmd, Duration::from_secs(60)).await;
+    assert_eq!(out.status.code(), Some(0));
+    let (stdout, stderr) = direct_output(script);
+    assert!(
+        out.stdout == stdout,
+        "stdout differs ({} vs {} bytes)",
+        out.stdout.len(),
+        stdout.len()
+    );
+    assert!(
+        out.stderr == stderr,
+        "stderr differs ({} vs {} bytes)",
+        out.stderr.len(),
+        stderr.len()
+    );
+    let last = last_row(&server, "counted").await;
+    // i % 10 != 0 and i % 3 == 0: 33,333 multiples of 3, minus the 3,333 multiples of 30.
+    assert_eq!(last["jobs_processed"], 30_000);
+    assert_eq!(last["error_count"], 10_000);
+    assert_eq!(last["last_error"], "ERROR job 100000 failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_passes_through_with_invalid_utf8_and_no_trailing_newline() {
+    let server = postgrest().await;
+    let script =
+        r"printf 'first\nbad \377\376 bytes done\n\303\050 done'; printf 'err \377 no newline' >&2";
+    let child = quiet(&mut sidecar_to(&server))
+        .env("HP_LOG", "warn")
+        .args([
+            "run",
+            "--name",
+            "bytes",
+            "--job-pattern",
+            "done",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .spawn()
+        .expect("spawn");
+    let (status, child) = wait_exit(child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+    let out = child.wait_with_output().expect("output");
+    let (stdout, stderr) = direct_output(script);
+    assert_eq!(out.stdout, stdout);
+    assert_eq!(out.stderr, stderr);
+    assert_eq!(
+        last_row(&server, "bytes").await["jobs_processed"],
+        2,
+        "the last line without a newline counts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_protocol_counts_and_malformed_lines_are_ignored_with_a_warning() {
+    if !node_available() {
+        return;
+    }
+    let server = postgrest().await;
+    let worker = r#"
+const net = require('net');
+const hb = net.createConnection(process.env.HP_SIDECAR_SOCKET, () => {
+  hb.write('job\njob\nerror disk full\nmeta queue "orders"\nbogus line\nmeta broken {\n\n');
+  hb.write('j'); hb.write('ob\n');
+  hb.end(() => setTimeout(() => process.exit(0), 200));
+});
+"#;
+    let child = quiet(&mut sidecar_to(&server))
+        .args(["run", "--name", "socketed", "--", "node", "-e", worker])
+        .spawn()
+        .expect("spawn");
+    let (status, child) = wait_exit(child, Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0));
+    let last = last_row(&server, "socketed").await;
+    assert_eq!(last["jobs_processed"], 3);
+    assert_eq!(last["error_count"], 1);
+    assert_eq!(last["last_error"], "disk full");
+    assert_eq!(last["metadata"]["queue"], "orders");
+    let err = String::from_utf8_lossy(&child.wait_with_output().expect("out").stderr).into_owned();
+    assert!(
+        err.contains("ignored line") && err.contains("bogus line"),
+        "{err}"
+    );
+    assert!(err.contains("ignored `meta` line"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grandchilds_memory_is_counted() {
+    if !node_available() {
+        return;
+    }
+    let server = postgrest().await;
+    // sh (tiny) starts node, which holds 150 MB, and waits for it.
+    let script =
+        "node -e 'const b = Buffer.alloc(150e6, 1); setTimeout(() => b.length, 4000)' & wait";
+    let child = quiet(&mut sidecar_to(&server))
+        .args(["run", "--name", "tree", "--", "sh", "-c", script])
+        .spawn()
+        .expect("spawn");
+    let row = wait_row(&server, "tree", Duration::from_secs(10), |r| {
+        r["memory_rss_bytes"].as_u64().unwrap_or(0) > 150_000_000
+    })
+    .await;
+    let _ = wait_exit(child, Duration::from_secs(15)).await;
+    assert!(
+        row.is_some(),
+        "the tree's memory never passed 150 MB: {:?}",
+        rows(&server, "tree")
+            .await
+            .iter()
+            .map(|r| r["memory_rss_bytes"].clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_configuration_exits_2_before_starting_the_worker() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let marker = dir.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    for (args, says) in [
+        (
+            vec!["run", "--name", "bad name", "--", "sh", "-c", &script],
+            "worker name \"bad name\" is invalid",
+        ),
+        (
+            vec![
+                "run",
+                "--name",
+                "ok",
+                "--job-pattern",
+                "(",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+            "--job-pattern \"(\"",
+        ),
+        (
+            vec![
+                "run",
+                "--name",
+                "ok",
+                "--metadata",
+                "novalue",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+            "KEY=VALUE",
+        ),
+        (
+            vec![
+                "run",
+                "--name",
+                "ok",
+                "--instance-suffix",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ],
+            "NODE_APP_INSTANCE",
+        ),
+    ] {
+        let out = sidecar()
+            .env("HP_STORE", dir.path().join("s.db"))
+            .args(&args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!marker.exists(), "the worker ran despite {args:?}");
+    }
+    let out = sidecar()
+        .env("SUPABASE_SECRET_KEY", SECRET_KEY)
+        .args(["run", "--name", "ok", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("FAKE"),
+        "the key never appears"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_that_cannot_start_is_a_crashed_row_and_exit_127() {
+    let server = postgrest().await;
+    let out = quiet(&mut sidecar_to(&server))
+        .args(["run", "--name", "missing", "--", "/no/such/program"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(127));
+    let last = last_row(&server, "missing").await;
+    assert_eq!(last["status"], "crashed");
+    assert!(
+        last["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot start"),
+        "{last}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_suffix_names_each_pm2_instance() {
+    let server = postgrest().await;
+    let out = quiet(&mut sidecar_to(&server))
+        .env("NODE_APP_INSTANCE", "2")
+        .args([
+            "run",
+            "--name",
+            "clustered",
+            "--instance-suffix",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(last_row(&server, "clustered-2").await["status"], "stopped");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdin_env_and_working_directory_pass_through() {
+    let server = postgrest().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = quiet(&mut sidecar_to(&server))
+        .current_dir(dir.path())
+        .env("MY_SETTING", "forty-two")
+        .args([
+            "run",
+            "--name",
+            "passthrough",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo \"$line $MY_SETTING $(pwd) ${HP_SIDECAR_SOCKET:+socket}\"",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("write");
+    let (status, child) = wait_exit(child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0));
+    let out = String::from_utf8_lossy(&child.wait_with_output().expect("out").stdout).into_owned();
+    let cwd = dir.path().canonicalize().expect("canon");
+    assert_eq!(out, format!("hello forty-two {} socket\n", cwd.display()));
+}
