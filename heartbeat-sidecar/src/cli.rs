@@ -18,15 +18,24 @@ pub struct Cli {
     pub command: Command,
 }
 
+const KEY_HELP: &str = "The Supabase key is read from SUPABASE_SECRET_KEY, SUPABASE_SERVICE_ROLE_KEY or \
+SUPABASE_SERVICE_KEY (first found), never from a flag, so it stays out of `ps`. With no SUPABASE_URL, rows go \
+to the local store.";
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a worker command and report for it until it exits.
     ///
     /// Example: heartbeat-sidecar run --name orders -- node scripts/orders.mjs
+    #[command(after_help = KEY_HELP)]
     Run(RunArgs),
     /// Check the configuration by writing one row; say what is wrong and how to fix it.
+    #[command(after_help = KEY_HELP)]
     Check(CheckArgs),
     /// Show every worker's health; exit 1 if any is stale, crashed or has its breaker open.
+    ///
+    /// Exit codes: 0 all healthy, 1 a worker is stale, crashed or has its breaker open, 2 could not read.
+    #[command(after_help = KEY_HELP)]
     Status(StatusArgs),
 }
 

@@ -170,3 +170,48 @@ impl SignalOrNone for std::process::ExitStatus {
         std::os::unix::process::ExitStatusExt::signal(self)
     }
 }
+
+/// A local store holding one row per health state, with their ages set.
+pub fn store_with_every_state(path: &std::path::Path) {
+    let template = {
+        let mem = heartbeat_sdk::MemoryTransport::new();
+        let hb = heartbeat_sdk::Heartbeat::builder("t")
+            .transport(mem.clone())
+            .handle_signals(false)
+            .start()
+            .expect("start");
+        hb.shutdown_blocking(Duration::from_secs(2));
+        mem.rows().pop().expect("row")
+    };
+    let store = heartbeat_sdk::SqliteStore::new(path);
+    for (name, status) in [
+        ("fresh-worker", "running"),
+        ("stale-worker", "running"),
+        ("stopped-worker", "stopped"),
+        ("crashed-worker", "crashed"),
+        ("unknown-worker", "unknown"),
+        ("breaker-worker", "crashed"),
+    ] {
+        let mut row = template.clone();
+        row.worker_name = name.into();
+        row.status = serde_json::from_value(serde_json::json!(status)).expect("status");
+        row.heartbeat_interval_seconds = 30;
+        row.jobs_processed = 7;
+        if name == "crashed-worker" {
+            row.last_error = Some("Error: ECONNREFUSED 127.0.0.1:5432".into());
+            row.exit_code = Some(1);
+        }
+        if name == "breaker-worker" {
+            row.circuit_breaker_open = true;
+            row.consecutive_errors = 10;
+        }
+        store.write(&row).expect("write");
+    }
+    let conn = rusqlite::Connection::open(path).expect("open");
+    let old = (chrono::Utc::now() - chrono::Duration::seconds(600)).to_rfc3339();
+    conn.execute(
+        "update hp_worker_status set last_heartbeat = ?1 where worker_name = 'stale-worker'",
+        [old],
+    )
+    .expect("age");
+}

@@ -1,0 +1,142 @@
+//! `status --watch` driven in a real terminal (tmux): rows, the detail pane,
+//! selection, sorting, quitting.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Option<Tmux> {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            if std::env::var("HP_REQUIRE_TMUX").as_deref() == Ok("1") {
+                panic!("HP_REQUIRE_TMUX=1 but tmux is not installed");
+            }
+            eprintln!("\n##### SKIPPED: tmux is not installed, so the --watch view was not tested #####\n");
+            return None;
+        }
+        let session = format!("hp-watch-{}", std::process::id());
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                "150",
+                "-y",
+                "40",
+                command,
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tmux new-session failed");
+        Some(Tmux { session })
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .expect("capture");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        Command::new("tmux")
+            .args(["send-keys", "-t", &self.session, keys])
+            .status()
+            .expect("send-keys");
+    }
+
+    /// Waits until the screen shows `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let screen = self.screen();
+            if screen.contains(needle) || Instant::now() > deadline {
+                assert!(
+                    screen.contains(needle),
+                    "{needle:?} never appeared:\n{screen}"
+                );
+                return screen;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["has-session", "-t", &self.session])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
+
+#[test]
+fn watch_shows_rows_the_detail_pane_sorting_and_quits_on_q() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("watch.db");
+    store_with_every_state(&db);
+    let command = format!(
+        "HP_STORE={} {} status --watch",
+        db.display(),
+        env!("CARGO_BIN_EXE_heartbeat-sidecar")
+    );
+    let Some(tmux) = Tmux::start(&command) else {
+        return;
+    };
+
+    let screen = tmux.wait_for("Worker Status  1/6 running");
+    for name in [
+        "breaker-worker",
+        "crashed-worker",
+        "fresh-worker",
+        "stale-worker",
+        "stopped-worker",
+        "unknown-worker",
+    ] {
+        assert!(screen.contains(name), "{name} missing:\n{screen}");
+    }
+    assert!(screen.contains("sorted by name"));
+    // Sorted by name, the first row is selected and its detail is shown.
+    assert!(screen.contains("┌ breaker-worker"), "{screen}");
+    assert!(
+        screen.contains("10 errors"),
+        "the breaker worker's streak:\n{screen}"
+    );
+
+    tmux.keys("Down");
+    let screen = tmux.wait_for("┌ crashed-worker");
+    assert!(
+        screen.contains("Error: ECONNREFUSED 127.0.0.1:5432"),
+        "last error in the detail pane:\n{screen}"
+    );
+    assert!(screen.contains("code 1"), "{screen}");
+
+    tmux.keys("s");
+    tmux.wait_for("sorted by health");
+    // The selection follows the worker, not the line.
+    assert!(tmux.screen().contains("┌ crashed-worker"));
+
+    tmux.keys("q");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tmux.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!tmux.alive(), "q did not quit");
+}
