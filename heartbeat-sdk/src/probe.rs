@@ -81,12 +81,70 @@ impl ProcessTree {
     }
 }
 
+impl ProcessTree {
+    /// The root and its descendants, from `/proc/<pid>/task/<tid>/children`
+    /// (Linux 3.5+); `None` where the kernel does not provide those files.
+    fn descendants(&self) -> Option<Vec<Pid>> {
+        let mut tree = vec![self.root];
+        let mut i = 0;
+        while i < tree.len() && tree.len() < 10_000 {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", tree[i].as_u32()));
+            if let Ok(tasks) = tasks {
+                for task in tasks.flatten() {
+                    let children = match std::fs::read_to_string(task.path().join("children")) {
+                        Ok(c) => c,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && i == 0 => {
+                            return None
+                        }
+                        Err(_) => continue,
+                    };
+                    tree.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|p| p.parse().ok())
+                            .map(Pid::from_u32),
+                    );
+                }
+            }
+            i += 1;
+        }
+        Some(tree)
+    }
+}
+
 impl ProcessProbe for ProcessTree {
     fn sample(&mut self) -> ProcessSample {
-        // Descendants can be anywhere in the table, so this refreshes every
-        // process; once per beat (30 s) that is a few milliseconds.
-        self.system
-            .refresh_processes_specifics(ProcessesToUpdate::All, true, kind());
+        // Only the worker's own tree is read: no scan of the host's processes.
+        let tree = match self.descendants() {
+            Some(tree) => {
+                self.system.refresh_processes_specifics(
+                    ProcessesToUpdate::Some(&tree),
+                    true,
+                    kind(),
+                );
+                tree
+            }
+            None => {
+                self.system
+                    .refresh_processes_specifics(ProcessesToUpdate::All, true, kind());
+                let processes = self.system.processes();
+                let mut tree = vec![self.root];
+                let mut i = 0;
+                while i < tree.len() {
+                    let parent = tree[i];
+                    tree.extend(
+                        processes
+                            .iter()
+                            .filter(|(_, p)| {
+                                p.parent() == Some(parent) && p.thread_kind().is_none()
+                            })
+                            .map(|(pid, _)| *pid),
+                    );
+                    i += 1;
+                }
+                tree
+            }
+        };
         let processes = self.system.processes();
         if !processes.contains_key(&self.root) {
             // Gone (the final row): the last memory seen is what explains an
@@ -96,24 +154,26 @@ impl ProcessProbe for ProcessTree {
                 ..self.last
             };
         }
-        let mut tree = vec![self.root];
-        let mut i = 0;
-        while i < tree.len() {
-            let parent = tree[i];
-            tree.extend(
-                processes
-                    .iter()
-                    .filter(|(_, p)| p.parent() == Some(parent) && p.thread_kind().is_none())
-                    .map(|(pid, _)| *pid),
-            );
-            i += 1;
-        }
         let (mut memory, mut cpu) = (0u64, 0f32);
         for pid in &tree {
             if let Some(p) = processes.get(pid) {
                 memory += p.memory();
                 cpu += p.cpu_usage();
             }
+        }
+        // Forget processes that left the tree (sysinfo keeps what it saw).
+        let keep: std::collections::HashSet<Pid> = tree.iter().copied().collect();
+        let gone: Vec<Pid> = processes
+            .keys()
+            .filter(|p| !keep.contains(p))
+            .copied()
+            .collect();
+        if !gone.is_empty() {
+            self.system.refresh_processes_specifics(
+                ProcessesToUpdate::Some(&gone),
+                true,
+                ProcessRefreshKind::nothing(),
+            );
         }
         self.last = ProcessSample {
             pid: Some(self.root.as_u32()),
@@ -127,6 +187,22 @@ impl ProcessProbe for ProcessTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tree_counts_a_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let mut probe = ProcessTree::new(std::process::id());
+        let tree = probe.descendants().unwrap_or_default();
+        assert!(tree.contains(&Pid::from_u32(child.id())), "{tree:?}");
+        let both = probe.sample().memory_rss_bytes.unwrap_or(0);
+        let own = OwnProcess::new().sample().memory_rss_bytes.unwrap_or(0);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(both > own, "{both} <= {own}");
+    }
 
     #[test]
     fn own_process_has_memory() {

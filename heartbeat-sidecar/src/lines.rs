@@ -15,17 +15,42 @@ pub enum LineKind {
     Error,
 }
 
-/// Builds one regex from several patterns; `^` and `$` match at line ends.
+/// What one kind of line is matched with.
+#[derive(Debug, Clone)]
+pub enum Pattern {
+    /// A single plain word or phrase: a SIMD substring search, no regex machinery.
+    Literal(Box<memchr::memmem::Finder<'static>>),
+    /// Anything else: one regex from all the patterns; `^` and `$` match at line ends.
+    Regex(Regex),
+}
+
+impl Pattern {
+    fn find_at(&self, haystack: &[u8], from: usize) -> Option<usize> {
+        match self {
+            Pattern::Literal(f) => f.find(&haystack[from..]).map(|i| from + i),
+            Pattern::Regex(re) => re.find_at(haystack, from).map(|m| m.start()),
+        }
+    }
+}
+
+/// Builds the matcher for the patterns of one flag.
 ///
 /// # Errors
 /// The pattern that does not compile, with regex's explanation.
-pub fn combine(patterns: &[String], flag: &str) -> anyhow::Result<Option<Regex>> {
+pub fn combine(patterns: &[String], flag: &str) -> anyhow::Result<Option<Pattern>> {
     if patterns.is_empty() {
         return Ok(None);
     }
     for p in patterns {
         Regex::new(p)
             .map_err(|e| anyhow::anyhow!("{flag} {p:?} is not a valid regular expression:\n{e}"))?;
+    }
+    if let [only] = patterns {
+        if !only.is_empty() && regex::escape(only) == *only {
+            return Ok(Some(Pattern::Literal(Box::new(
+                memchr::memmem::Finder::new(only.as_bytes()).into_owned(),
+            ))));
+        }
     }
     let joined = patterns
         .iter()
@@ -36,7 +61,7 @@ pub fn combine(patterns: &[String], flag: &str) -> anyhow::Result<Option<Regex>>
         .multi_line(true)
         .build()
         .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
-    Ok(Some(re))
+    Ok(Some(Pattern::Regex(re)))
 }
 
 /// Splits a byte stream into lines across chunk boundaries and reports the
@@ -44,15 +69,15 @@ pub fn combine(patterns: &[String], flag: &str) -> anyhow::Result<Option<Regex>>
 /// literal search), not line by line, so non-matching output costs little.
 #[derive(Debug)]
 pub struct LineMatcher {
-    job: Option<Regex>,
-    error: Option<Regex>,
+    job: Option<Pattern>,
+    error: Option<Pattern>,
     carry: Vec<u8>,
     carry_overflowed: bool,
 }
 
 impl LineMatcher {
     /// A matcher for these patterns (either may be absent).
-    pub fn new(job: Option<Regex>, error: Option<Regex>) -> Self {
+    pub fn new(job: Option<Pattern>, error: Option<Pattern>) -> Self {
         LineMatcher {
             job,
             error,
@@ -82,7 +107,7 @@ impl LineMatcher {
             self.scan(&line, on_match);
             chunk = &chunk[nl + 1..];
         }
-        match chunk.iter().rposition(|&b| b == b'\n') {
+        match memchr::memrchr(b'\n', chunk) {
             Some(last) => {
                 self.scan(&chunk[..last], on_match);
                 self.push_carry(&chunk[last + 1..]);
@@ -109,30 +134,43 @@ impl LineMatcher {
             .extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
-    /// `region` is whole lines joined by `\n` (no trailing newline).
+    /// `region` is whole lines joined by `\n` (no trailing newline). Matches
+    /// are reported in line order (a job before an error on the same line),
+    /// so the error streak behind the circuit breaker follows the output.
+    /// Lines are ordered by where they end; only error lines, whose text is
+    /// kept, need their start (job lines get an empty slice).
     fn scan(&self, region: &[u8], on_match: &mut impl FnMut(LineKind, &[u8])) {
-        for (re, kind) in [(&self.job, LineKind::Job), (&self.error, LineKind::Error)] {
-            let Some(re) = re else { continue };
-            let mut from = 0;
-            while from <= region.len() {
-                let Some(m) = re.find_at(region, from) else {
-                    break;
-                };
-                let start = region[..m.start()]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |i| i + 1);
-                let end =
-                    memchr(b'\n', &region[m.start()..]).map_or(region.len(), |i| m.start() + i);
-                on_match(kind, &region[start..end]);
-                from = end + 1;
+        let mut job = next_line_end(self.job.as_ref(), region, 0);
+        let mut error = next_line_end(self.error.as_ref(), region, 0);
+        loop {
+            match (job, error) {
+                (None, None) => return,
+                (Some(j), e) if e.is_none_or(|e| j <= e) => {
+                    on_match(LineKind::Job, &[]);
+                    job = next_line_end(self.job.as_ref(), region, j + 1);
+                }
+                (_, Some(e)) => {
+                    let start = memchr::memrchr(b'\n', &region[..e]).map_or(0, |i| i + 1);
+                    on_match(LineKind::Error, &region[start..e]);
+                    error = next_line_end(self.error.as_ref(), region, e + 1);
+                }
+                (Some(_), None) => unreachable!("covered above"),
             }
         }
     }
 }
 
+/// Where the first line at or after `from` that `pattern` matches ends.
+fn next_line_end(pattern: Option<&Pattern>, region: &[u8], from: usize) -> Option<usize> {
+    if from > region.len() {
+        return None;
+    }
+    let at = pattern?.find_at(region, from)?;
+    Some(memchr(b'\n', &region[at..]).map_or(region.len(), |i| at + i))
+}
+
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
+    memchr::memchr(needle, haystack)
 }
 
 #[cfg(test)]
@@ -189,6 +227,19 @@ mod tests {
     #[test]
     fn invalid_utf8_is_matched_as_bytes() {
         assert_eq!(count(&["ok"], &[], &[b"\xff\xfe ok \xc3\x28\n\xffok"]).0, 2);
+    }
+
+    #[test]
+    fn matches_come_in_line_order() {
+        let job = combine(&["ok".to_owned()], "j").ok().flatten();
+        let error = combine(&["ERR".to_owned()], "e").ok().flatten();
+        let mut m = LineMatcher::new(job, error);
+        let mut seen = String::new();
+        m.feed(
+            b"ERR 1\nok\nERR 2\nERR 3\nok ERR\nok\n",
+            &mut |k: LineKind, _: &[u8]| seen.push(if k == LineKind::Job { 'j' } else { 'e' }),
+        );
+        assert_eq!(seen, "ejeejej");
     }
 
     #[test]

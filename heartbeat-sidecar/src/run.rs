@@ -164,8 +164,8 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
 
 struct Prepared {
     builder: HeartbeatBuilder,
-    job: Option<regex::bytes::Regex>,
-    error: Option<regex::bytes::Regex>,
+    job: Option<crate::lines::Pattern>,
+    error: Option<crate::lines::Pattern>,
     budget: Duration,
 }
 
@@ -241,7 +241,7 @@ fn pump(
             let mut from = File::from(from);
             // SAFETY: fd 1/2 stay open for the life of the process; ManuallyDrop never closes them.
             let mut to = ManuallyDrop::new(unsafe { File::from_raw_fd(to_fd) });
-            let mut buf = vec![0u8; 64 * 1024];
+            let mut buf = vec![0u8; 128 * 1024];
             let mut on_match = |kind: LineKind, line: &[u8]| match kind {
                 LineKind::Job => heartbeat.increment_job(),
                 LineKind::Error => heartbeat.job_failed(&String::from_utf8_lossy(line)),
