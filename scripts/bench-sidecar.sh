@@ -17,6 +17,7 @@ export HP_STORE="$tmp/bench.db"
 unset SUPABASE_URL SUPABASE_SECRET_KEY SUPABASE_SERVICE_ROLE_KEY SUPABASE_SERVICE_KEY
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+rss_split() { awk '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} /^RssFile/ {f=$2} END {printf "%d KiB (private %d KiB, file-backed code %d KiB)", r, a, f}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 case "${1:-}" in
@@ -40,7 +41,9 @@ PY
     HP_HEARTBEAT_INTERVAL_SECS=1 "$bin" run --name rss-http -- sleep 60 2>/dev/null &
   http_pid=$!
   sleep 15   # 15 beats each
-  echo "sidecar RSS after 15 beats: local store $(rss_kib $local_pid) KiB, HTTP $(rss_kib $http_pid) KiB"
+  echo "sidecar RSS after 15 beats, wrapping sleep:"
+  echo "  reporting to Supabase (HTTP client loaded): $(rss_split $http_pid)"
+  echo "  reporting to the local SQLite store:        $(rss_split $local_pid)"
   ;;
 cpu)
   secs=${2:-600}

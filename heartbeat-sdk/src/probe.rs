@@ -189,19 +189,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tree_counts_a_child() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .expect("sleep");
-        let mut probe = ProcessTree::new(std::process::id());
-        let tree = probe.descendants().unwrap_or_default();
-        assert!(tree.contains(&Pid::from_u32(child.id())), "{tree:?}");
-        let both = probe.sample().memory_rss_bytes.unwrap_or(0);
-        let own = OwnProcess::new().sample().memory_rss_bytes.unwrap_or(0);
+    fn tree_walk_finds_a_child_and_samples_it() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().expect("sleep");
+        let tree = ProcessTree::new(std::process::id()).descendants().unwrap_or_default();
+        let alone = ProcessTree::new(child.id()).sample();
         let _ = child.kill();
         let _ = child.wait();
-        assert!(both > own, "{both} <= {own}");
+        assert!(tree.contains(&Pid::from_u32(child.id())), "{tree:?}");
+        assert_eq!(alone.pid, Some(child.id()));
+        assert!(alone.memory_rss_bytes.unwrap_or(0) > 0, "{alone:?}");
     }
 
     #[test]

@@ -320,8 +320,8 @@ fn detail_lines(r: &StatusRow, now: chrono::DateTime<chrono::Utc>) -> Vec<Line<'
         ),
         field("started", opt(r.started_at.map(|t| t.to_rfc3339()))),
         field(
-            "in a row",
-            format!("{} errors", r.consecutive_errors.unwrap_or(0)),
+            "error streak",
+            format!("{} in a row", r.consecutive_errors.unwrap_or(0)),
         ),
     ];
     let meta = r

@@ -116,7 +116,7 @@ fn watch_shows_rows_the_detail_pane_sorting_and_quits_on_q() {
     // Sorted by name, the first row is selected and its detail is shown.
     assert!(screen.contains("┌ breaker-worker"), "{screen}");
     assert!(
-        screen.contains("10 errors"),
+        screen.contains("10 in a row"),
         "the breaker worker's streak:\n{screen}"
     );
 
