@@ -237,8 +237,16 @@ impl View {
                 Row::new(cells)
             })
             .collect();
+        let name_width = self
+            .snapshot
+            .rows
+            .iter()
+            .map(|r| r.worker_name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp(6, 40) as u16;
         let widths = [
-            Constraint::Min(16),
+            Constraint::Length(name_width),
             Constraint::Length(8),
             Constraint::Length(12),
             Constraint::Length(9),
