@@ -190,8 +190,13 @@ mod tests {
 
     #[test]
     fn tree_walk_finds_a_child_and_samples_it() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().expect("sleep");
-        let tree = ProcessTree::new(std::process::id()).descendants().unwrap_or_default();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let tree = ProcessTree::new(std::process::id())
+            .descendants()
+            .unwrap_or_default();
         let alone = ProcessTree::new(child.id()).sample();
         let _ = child.kill();
         let _ = child.wait();

@@ -5,7 +5,19 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use heartbeat_sdk::{FinalState, Heartbeat, SendError, SqliteStore, WorkerStatus};
+use heartbeat_sdk::{FinalState, Heartbeat, SendError, SqliteStore, WorkerRow, WorkerStatus};
+
+/// A real row as the SDK builds it (final, so every field is set).
+fn template_row(state: FinalState) -> WorkerRow {
+    let mem = heartbeat_sdk::MemoryTransport::new();
+    let hb = Heartbeat::builder("template")
+        .transport(mem.clone())
+        .handle_signals(false)
+        .start()
+        .expect("start");
+    hb.finish_blocking(state, Duration::from_secs(2));
+    mem.rows().pop().expect("a row")
+}
 
 fn wait_rows(
     store: &SqliteStore,
@@ -64,22 +76,12 @@ fn round_trip_running_then_stopped() {
 fn every_row_key_is_a_column_of_the_local_table() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("hb.db");
-    let store = heartbeat_sdk::MemoryTransport::new();
-    let hb = Heartbeat::builder("contract")
-        .transport(store.clone())
-        .handle_signals(false)
-        .start()
-        .expect("start");
-    hb.finish_blocking(
-        FinalState {
-            status: WorkerStatus::Crashed,
-            exit_code: Some(1),
-            exit_signal: Some(9),
-            last_error: Some("x".into()),
-        },
-        Duration::from_secs(2),
-    );
-    let row = store.rows().pop().expect("a row");
+    let row = template_row(FinalState {
+        status: WorkerStatus::Crashed,
+        exit_code: Some(1),
+        exit_signal: Some(9),
+        last_error: Some("x".into()),
+    });
     SqliteStore::new(&path).write(&row).expect("written");
     let out = Command::new("sqlite3")
         .arg(&path)
@@ -119,14 +121,7 @@ fn every_row_key_is_a_column_of_the_local_table() {
 fn child_writer() {
     let path = std::env::var("HP_TEST_STORE").expect("store path");
     let tag = std::env::var("HP_TEST_TAG").expect("tag");
-    let mem = heartbeat_sdk::MemoryTransport::new();
-    let hb = Heartbeat::builder("template")
-        .transport(mem.clone())
-        .handle_signals(false)
-        .start()
-        .expect("start");
-    hb.shutdown_blocking(Duration::from_secs(2));
-    let template = mem.rows().pop().expect("row");
+    let template = template_row(FinalState::default());
     let store = SqliteStore::new(path);
     for i in 0..400u64 {
         let mut row = template.clone();
@@ -178,16 +173,7 @@ fn two_processes_share_one_store_without_errors_or_lost_rows() {
 
 fn keeps_running_with(path: &std::path::Path, expect_in_error: &str) {
     let store = SqliteStore::new(path);
-    let template = {
-        let mem = heartbeat_sdk::MemoryTransport::new();
-        let hb = Heartbeat::builder("w")
-            .transport(mem.clone())
-            .handle_signals(false)
-            .start()
-            .expect("start");
-        hb.shutdown_blocking(Duration::from_secs(2));
-        mem.rows().pop().expect("row")
-    };
+    let template = template_row(FinalState::default());
     let err = store.write(&template).expect_err("the write fails");
     let SendError::Store(msg) = &err else {
         panic!("{err:?}")
@@ -228,15 +214,8 @@ fn a_missing_directory_is_a_clear_error_and_the_worker_keeps_running() {
 fn a_read_only_store_is_a_clear_error_and_the_worker_keeps_running() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("ro.db");
-    let mem = heartbeat_sdk::MemoryTransport::new();
-    let hb = Heartbeat::builder("w")
-        .transport(mem.clone())
-        .handle_signals(false)
-        .start()
-        .expect("start");
-    hb.shutdown_blocking(Duration::from_secs(2));
     SqliteStore::new(&path)
-        .write(&mem.rows()[0])
+        .write(&template_row(FinalState::default()))
         .expect("a valid store first");
     // Root ignores file modes; the immutable attribute binds root too.
     let root = Command::new("id")

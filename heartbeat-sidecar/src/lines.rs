@@ -97,7 +97,7 @@ impl LineMatcher {
             return;
         }
         if !self.carry.is_empty() || self.carry_overflowed {
-            let Some(nl) = memchr(b'\n', chunk) else {
+            let Some(nl) = memchr::memchr(b'\n', chunk) else {
                 self.push_carry(chunk);
                 return;
             };
@@ -166,11 +166,7 @@ fn next_line_end(pattern: Option<&Pattern>, region: &[u8], from: usize) -> Optio
         return None;
     }
     let at = pattern?.find_at(region, from)?;
-    Some(memchr(b'\n', &region[at..]).map_or(region.len(), |i| at + i))
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    memchr::memchr(needle, haystack)
+    Some(memchr::memchr(b'\n', &region[at..]).map_or(region.len(), |i| at + i))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ impl ReportSocket {
         let dir = base.join(format!(
             "hp-sidecar-{}-{:08x}",
             std::process::id(),
-            fastrand_u32()
+            fastrand::u32(..)
         ));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("report.sock");
@@ -71,14 +71,6 @@ impl Drop for ReportSocket {
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_dir(&self.dir);
     }
-}
-
-fn fastrand_u32() -> u32 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    t ^ std::process::id().rotate_left(16)
 }
 
 async fn serve_one(mut stream: UnixStream, heartbeat: Arc<Heartbeat>, warnings: Arc<AtomicU64>) {

@@ -124,18 +124,7 @@ pub fn render_table(snapshot: &Snapshot, color: bool) -> String {
         out.push_str("\nNo worker has reported yet.\n");
         return out;
     }
-    let header = [
-        "WORKER",
-        "HEALTH",
-        "LAST SEEN",
-        "JOBS",
-        "ERRORS",
-        "BREAKER",
-        "PID",
-        "HOST",
-        "MEMORY",
-        "UPTIME",
-    ];
+    let header = COLUMNS;
     let cells: Vec<[String; 10]> = snapshot.rows.iter().map(|r| row_cells(r, now)).collect();
     let mut widths = header.map(str::len);
     for row in &cells {
@@ -174,6 +163,20 @@ fn ansi(h: Health) -> &'static str {
         Health::Unknown => "\x1b[90m",
     }
 }
+
+/// The columns of the table and the live view, in [`row_cells`]' order.
+pub const COLUMNS: [&str; 10] = [
+    "WORKER",
+    "HEALTH",
+    "LAST SEEN",
+    "JOBS",
+    "ERRORS",
+    "BREAKER",
+    "PID",
+    "HOST",
+    "MEMORY",
+    "UPTIME",
+];
 
 /// The cells of one worker's line.
 pub fn row_cells(r: &StatusRow, now: DateTime<Utc>) -> [String; 10] {

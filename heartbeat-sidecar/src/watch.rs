@@ -11,7 +11,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState, Wrap};
 use ratatui::Frame;
 
-use crate::status::{exit_code, fetch, row_cells, Snapshot, EXIT_UNREADABLE};
+use crate::status::{exit_code, fetch, row_cells, Snapshot, COLUMNS, EXIT_UNREADABLE};
 
 const REFRESH: Duration = Duration::from_secs(2);
 
@@ -208,19 +208,7 @@ impl View {
         }
         f.render_widget(Line::from(spans), title);
 
-        let header = Row::new([
-            "WORKER",
-            "HEALTH",
-            "LAST SEEN",
-            "JOBS",
-            "ERRORS",
-            "BREAKER",
-            "PID",
-            "HOST",
-            "MEMORY",
-            "UPTIME",
-        ])
-        .style(Style::new().add_modifier(Modifier::BOLD));
+        let header = Row::new(COLUMNS).style(Style::new().add_modifier(Modifier::BOLD));
         let rows: Vec<Row> = self
             .snapshot
             .rows

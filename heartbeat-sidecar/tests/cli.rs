@@ -204,6 +204,9 @@ async fn status_reads_supabase_with_the_key_and_judges_by_the_servers_clock() {
     let rows = json!([
         {"worker_name": "a", "status": "running", "last_heartbeat": (server_now - chrono::Duration::seconds(5)).to_rfc3339(), "heartbeat_interval_seconds": 30, "jobs_processed": 3},
         {"worker_name": "b", "status": "running", "last_heartbeat": (server_now - chrono::Duration::seconds(90)).to_rfc3339(), "heartbeat_interval_seconds": 30},
+        {"worker_name": "c", "status": "stopped", "last_heartbeat": (server_now - chrono::Duration::seconds(900)).to_rfc3339()},
+        {"worker_name": "d", "status": "crashed", "last_heartbeat": (server_now - chrono::Duration::seconds(3)).to_rfc3339(), "exit_code": 3},
+        {"worker_name": "e", "status": "crashed", "circuit_breaker_open": true, "last_heartbeat": (server_now - chrono::Duration::seconds(3)).to_rfc3339()},
         {"worker_name": "seed-row", "status": null, "last_heartbeat": null}
     ]);
     Mock::given(method("GET"))
@@ -235,7 +238,11 @@ async fn status_reads_supabase_with_the_key_and_judges_by_the_servers_clock() {
         .iter()
         .map(|r| r["health"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(health, vec!["running", "stale", "unknown"]);
+    assert_eq!(
+        health,
+        vec!["running", "stale", "stopped", "crashed", "crashed", "unknown"]
+    );
+    assert_eq!(got[4]["circuit_breaker_open"], true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
