@@ -143,18 +143,22 @@ impl LineMatcher {
         let mut job = next_line_end(self.job.as_ref(), region, 0);
         let mut error = next_line_end(self.error.as_ref(), region, 0);
         loop {
-            match (job, error) {
+            let next = match (job, error) {
+                (Some(j), Some(e)) if e < j => (LineKind::Error, e),
+                (Some(j), _) => (LineKind::Job, j),
+                (None, Some(e)) => (LineKind::Error, e),
                 (None, None) => return,
-                (Some(j), e) if e.is_none_or(|e| j <= e) => {
+            };
+            match next {
+                (LineKind::Job, end) => {
                     on_match(LineKind::Job, &[]);
-                    job = next_line_end(self.job.as_ref(), region, j + 1);
+                    job = next_line_end(self.job.as_ref(), region, end + 1);
                 }
-                (_, Some(e)) => {
-                    let start = memchr::memrchr(b'\n', &region[..e]).map_or(0, |i| i + 1);
-                    on_match(LineKind::Error, &region[start..e]);
-                    error = next_line_end(self.error.as_ref(), region, e + 1);
+                (LineKind::Error, end) => {
+                    let start = memchr::memrchr(b'\n', &region[..end]).map_or(0, |i| i + 1);
+                    on_match(LineKind::Error, &region[start..end]);
+                    error = next_line_end(self.error.as_ref(), region, end + 1);
                 }
-                (Some(_), None) => unreachable!("covered above"),
             }
         }
     }
