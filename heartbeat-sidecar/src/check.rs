@@ -24,6 +24,23 @@ pub async fn check(args: CheckArgs) -> i32 {
         println!("key:     {:?} from {source}", config.key);
         println!("schema:  {}", config.schema);
     }
+    // A worker already reporting under this name: writing an `unknown` row
+    // over it would mislead readers until its next beat. Leave it alone.
+    if let Ok(snapshot) = crate::status::fetch(&target).await {
+        if let Some(row) = snapshot.rows.iter().find(|r| r.worker_name == args.name) {
+            if row.health(snapshot.now) == heartbeat_sdk::Health::Running {
+                let seen = row
+                    .last_heartbeat
+                    .map(|t| crate::status::ago(snapshot.now, t))
+                    .unwrap_or_default();
+                println!(
+                    "✓ {:?} is already reporting (last beat {seen}); its row was left alone.\nReading works; to test writing too, run check with another --name.",
+                    args.name
+                );
+                return 0;
+            }
+        }
+    }
     let result = Heartbeat::builder(&args.name)
         .settings(settings)
         .handle_signals(false)

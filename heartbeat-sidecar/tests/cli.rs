@@ -85,6 +85,35 @@ async fn check_names_missing_configuration() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn check_leaves_a_live_workers_row_alone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("live.db");
+    let hb = heartbeat_sdk::Heartbeat::builder("live-worker")
+        .local_store(&db)
+        .handle_signals(false)
+        .start()
+        .expect("start");
+    hb.increment_job();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cmd = sidecar();
+    cmd.env("HP_STORE", &db)
+        .args(["check", "--name", "live-worker"]);
+    let out = output_within(cmd, Duration::from_secs(10)).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already reporting"));
+    let row = heartbeat_sdk::SqliteStore::new(&db)
+        .read_all()
+        .expect("read")
+        .remove(0);
+    assert_eq!(
+        row.status.as_deref(),
+        Some("running"),
+        "check must not overwrite a live worker"
+    );
+    drop(hb);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn status_shows_every_health_state_and_exits_1_when_any_needs_attention() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("s.db");
