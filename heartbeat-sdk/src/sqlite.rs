@@ -150,16 +150,42 @@ fn open_for_writing(path: &Path) -> Result<Connection, SendError> {
             }
         }
     }
-    let conn = Connection::open(path).map_err(|e| explain(path, &e))?;
-    conn.busy_timeout(Duration::from_secs(5))
-        .map_err(|e| explain(path, &e))?;
+    // Two processes opening a new store at once contend for the switch to
+    // WAL, which SQLite does not retry through the busy handler: retry the
+    // whole setup, within the same bound as a busy write.
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match prepare(path) {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10 + u64::from(fastrand::u8(..40))));
+            }
+            result => return result.map_err(|e| explain(path, &e)),
+        }
+    }
+}
+
+/// How long a write waits for another process's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn prepare(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL lets several sidecars on one host write while `status` reads.
-    conn.pragma_update(None, "journal_mode", "wal")
-        .map_err(|e| explain(path, &e))?;
-    conn.pragma_update(None, "synchronous", "normal")
-        .map_err(|e| explain(path, &e))?;
-    conn.execute_batch(SCHEMA).map_err(|e| explain(path, &e))?;
+    conn.pragma_update(None, "journal_mode", "wal")?;
+    conn.pragma_update(None, "synchronous", "normal")?;
+    // One small table: SQLite's default 2 MB page cache would be most of our memory.
+    conn.pragma_update(None, "cache_size", -64)?;
+    // IMMEDIATE takes the write lock up front, so the table is created under
+    // the busy timeout rather than failing when another writer got in between.
+    conn.execute_batch(&format!("begin immediate; {SCHEMA} commit;"))?;
     Ok(conn)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ffi::ErrorCode::DatabaseBusy | rusqlite::ffi::ErrorCode::DatabaseLocked)
+    )
 }
 
 fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
