@@ -48,22 +48,23 @@ impl std::fmt::Debug for PostgrestTransport {
 impl PostgrestTransport {
     /// Builds the client. Fails only if the TLS backend cannot initialise.
     pub fn new(config: &PostgrestConfig, reporter: &str) -> Result<Self, SendError> {
-        let mut endpoint = config.url.clone();
-        endpoint.set_path(&format!(
-            "{}/rest/v1/{TABLE}",
-            config.url.path().trim_end_matches('/')
-        ));
+        let mut endpoint = table_url(config);
         endpoint.set_query(Some("on_conflict=worker_name"));
-
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .user_agent(reporter)
-            .default_headers(request_headers(config, reporter)?)
-            .build()
-            .map_err(|e| SendError::Connect(format!("cannot build the HTTP client: {e}")))?;
+        let mut headers = auth_headers(config)?;
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert("content-profile", schema_header(config)?);
+        headers.insert(
+            "prefer",
+            HeaderValue::from_static("resolution=merge-duplicates,return=minimal"),
+        );
+        if let Ok(v) = HeaderValue::from_str(reporter) {
+            headers.insert("x-client-info", v);
+        }
         Ok(PostgrestTransport {
-            client,
+            client: http_client(config, reporter, headers)?,
             endpoint,
             request_timeout: config.request_timeout,
             origin: config.url.origin().ascii_serialization(),
@@ -79,7 +80,7 @@ impl PostgrestTransport {
             .body(body)
             .send()
             .await
-            .map_err(|e| self.transport_error(e))?;
+            .map_err(|e| transport_error(e, self.request_timeout))?;
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
             return Ok(());
@@ -87,18 +88,21 @@ impl PostgrestTransport {
         let body = response.bytes().await.unwrap_or_default();
         Err(classify(status, &body))
     }
-
-    fn transport_error(&self, e: reqwest::Error) -> SendError {
-        if e.is_timeout() {
-            SendError::Timeout(self.request_timeout)
-        } else {
-            // The URL holds no secret; strip it anyway to keep messages short.
-            SendError::Connect(e.without_url().to_string())
-        }
-    }
 }
 
-fn request_headers(config: &PostgrestConfig, reporter: &str) -> Result<HeaderMap, SendError> {
+/// `{url}/rest/v1/hp_worker_status`, keeping any path prefix of the project URL.
+fn table_url(config: &PostgrestConfig) -> Url {
+    let mut url = config.url.clone();
+    url.set_path(&format!(
+        "{}/rest/v1/{TABLE}",
+        config.url.path().trim_end_matches('/')
+    ));
+    url
+}
+
+/// `apikey` always; `Authorization: Bearer` only for JWT keys (Supabase
+/// rejects `sb_secret_` keys as a bearer token). Both marked sensitive.
+fn auth_headers(config: &PostgrestConfig) -> Result<HeaderMap, SendError> {
     let bad_key = || SendError::Connect("the API key is not a valid header value".into());
     let mut key = HeaderValue::from_str(config.key.expose()).map_err(|_| bad_key())?;
     key.set_sensitive(true);
@@ -110,23 +114,34 @@ fn request_headers(config: &PostgrestConfig, reporter: &str) -> Result<HeaderMap
         bearer.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, bearer);
     }
-    headers.insert(
-        reqwest::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        "content-profile",
-        HeaderValue::from_str(&config.schema)
-            .map_err(|_| SendError::Connect("invalid schema".into()))?,
-    );
-    headers.insert(
-        "prefer",
-        HeaderValue::from_static("resolution=merge-duplicates,return=minimal"),
-    );
-    if let Ok(v) = HeaderValue::from_str(reporter) {
-        headers.insert("x-client-info", v);
-    }
     Ok(headers)
+}
+
+fn schema_header(config: &PostgrestConfig) -> Result<HeaderValue, SendError> {
+    HeaderValue::from_str(&config.schema).map_err(|_| SendError::Connect("invalid schema".into()))
+}
+
+fn http_client(
+    config: &PostgrestConfig,
+    user_agent: &str,
+    headers: HeaderMap,
+) -> Result<reqwest::Client, SendError> {
+    reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .timeout(config.request_timeout)
+        .user_agent(user_agent)
+        .default_headers(headers)
+        .build()
+        .map_err(|e| SendError::Connect(format!("cannot build the HTTP client: {e}")))
+}
+
+fn transport_error(e: reqwest::Error, request_timeout: Duration) -> SendError {
+    if e.is_timeout() {
+        SendError::Timeout(request_timeout)
+    } else {
+        // The URL holds no secret; strip it anyway to keep messages short.
+        SendError::Connect(e.without_url().to_string())
+    }
 }
 
 impl Transport for PostgrestTransport {
@@ -212,65 +227,75 @@ pub fn classify(status: u16, body: &[u8]) -> SendError {
     }
 }
 
-/// Reads every row, ordered by worker name, with the server's clock (its
-/// `Date` header) so that staleness does not depend on the reader's clock.
-///
-/// # Errors
-/// The same classified [`SendError`]s as a beat.
-pub async fn fetch_rows(
-    config: &PostgrestConfig,
-) -> Result<(Vec<crate::StatusRow>, Option<chrono::DateTime<chrono::Utc>>), SendError> {
-    let mut url = config.url.clone();
-    url.set_path(&format!(
-        "{}/rest/v1/{TABLE}",
-        config.url.path().trim_end_matches('/')
-    ));
-    url.set_query(Some("select=*&order=worker_name.asc"));
-    let mut headers =
-        request_headers(config, concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION")))?;
-    headers.remove("content-profile");
-    headers.remove("prefer");
-    headers.remove(reqwest::header::CONTENT_TYPE);
-    headers.insert(
-        "accept-profile",
-        HeaderValue::from_str(&config.schema)
-            .map_err(|_| SendError::Connect("invalid schema".into()))?,
-    );
-    headers.insert(
-        reqwest::header::ACCEPT,
-        HeaderValue::from_static("application/json"),
-    );
-    let client = reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .timeout(config.request_timeout)
-        .build()
-        .map_err(|e| SendError::Connect(format!("cannot build the HTTP client: {e}")))?;
-    let response = client.get(url).headers(headers).send().await.map_err(|e| {
-        if e.is_timeout() {
-            SendError::Timeout(config.request_timeout)
-        } else {
-            SendError::Connect(e.without_url().to_string())
-        }
-    })?;
-    let status = response.status().as_u16();
-    let server_now = response
-        .headers()
-        .get(reqwest::header::DATE)
-        .and_then(|d| d.to_str().ok())
-        .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
-        .map(|d| d.with_timezone(&chrono::Utc));
-    let body = response.bytes().await.unwrap_or_default();
-    if !(200..300).contains(&status) {
-        return Err(classify(status, &body));
+/// Reads the table. Build it once and call [`fetch_rows`](Self::fetch_rows)
+/// as often as needed: the connection is reused.
+pub struct PostgrestReader {
+    client: reqwest::Client,
+    url: Url,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgrestReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgrestReader")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
     }
-    let rows: Vec<crate::StatusRow> =
-        serde_json::from_slice(&body).map_err(|e| SendError::Rejected {
-            status,
-            code: String::new(),
-            message: format!("the rows did not parse: {e}"),
-            hint: "is this the hp_worker_status table?".into(),
-        })?;
-    Ok((rows, server_now))
+}
+
+impl PostgrestReader {
+    /// Builds the client. Fails only if the TLS backend cannot initialise.
+    pub fn new(config: &PostgrestConfig) -> Result<Self, SendError> {
+        let mut url = table_url(config);
+        url.set_query(Some("select=*&order=worker_name.asc"));
+        let mut headers = auth_headers(config)?;
+        headers.insert("accept-profile", schema_header(config)?);
+        headers.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
+        let agent = concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION"));
+        Ok(PostgrestReader {
+            client: http_client(config, agent, headers)?,
+            url,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// Every row, ordered by worker name, with the server's clock (its `Date`
+    /// header) so that staleness does not depend on the reader's clock.
+    ///
+    /// # Errors
+    /// The same classified [`SendError`]s as a beat.
+    pub async fn fetch_rows(
+        &self,
+    ) -> Result<(Vec<crate::StatusRow>, Option<chrono::DateTime<chrono::Utc>>), SendError> {
+        let response = self
+            .client
+            .get(self.url.clone())
+            .send()
+            .await
+            .map_err(|e| transport_error(e, self.request_timeout))?;
+        let status = response.status().as_u16();
+        let server_now = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+            .map(|d| d.with_timezone(&chrono::Utc));
+        let body = response.bytes().await.unwrap_or_default();
+        if !(200..300).contains(&status) {
+            return Err(classify(status, &body));
+        }
+        let rows: Vec<crate::StatusRow> =
+            serde_json::from_slice(&body).map_err(|e| SendError::Rejected {
+                status,
+                code: String::new(),
+                message: format!("the rows did not parse: {e}"),
+                hint: "is this the hp_worker_status table?".into(),
+            })?;
+        Ok((rows, server_now))
+    }
 }
 
 #[cfg(test)]

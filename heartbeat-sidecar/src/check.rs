@@ -26,7 +26,11 @@ pub async fn check(args: CheckArgs) -> i32 {
     }
     // A worker already reporting under this name: writing an `unknown` row
     // over it would mislead readers until its next beat. Leave it alone.
-    if let Ok(snapshot) = crate::status::fetch(&target).await {
+    let existing = match crate::status::Source::open(&target) {
+        Ok(source) => source.fetch().await.ok(),
+        Err(_) => None,
+    };
+    if let Some(snapshot) = existing {
         if let Some(row) = snapshot.rows.iter().find(|r| r.worker_name == args.name) {
             if row.health(snapshot.now) == heartbeat_sdk::Health::Running {
                 let seen = row

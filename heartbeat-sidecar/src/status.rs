@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::io::IsTerminal;
 
 use chrono::{DateTime, Utc};
+use heartbeat_sdk::postgrest::PostgrestReader;
 use heartbeat_sdk::{Health, SqliteStore, StatusRow, Target};
 use serde_json::{json, Value};
 
@@ -20,25 +21,43 @@ pub struct Snapshot {
     pub now: DateTime<Utc>,
 }
 
-/// Reads every row from `target`.
-pub async fn fetch(target: &Target) -> Result<Snapshot, heartbeat_sdk::SendError> {
-    match target {
-        Target::Local(path) => {
-            let store = SqliteStore::new(path);
-            let rows = tokio::task::spawn_blocking(move || store.read_all())
-                .await
-                .map_err(|e| heartbeat_sdk::SendError::Store(e.to_string()))??;
-            Ok(Snapshot {
-                rows,
-                now: Utc::now(),
-            })
-        }
-        Target::Supabase(config) => {
-            let (rows, server_now) = heartbeat_sdk::postgrest::fetch_rows(config).await?;
-            Ok(Snapshot {
-                rows,
-                now: server_now.unwrap_or_else(Utc::now),
-            })
+/// Where rows are read from, opened once (the HTTP client is reused by
+/// every `--watch` refresh).
+pub enum Source {
+    /// A local SQLite store.
+    Local(SqliteStore),
+    /// Supabase's REST API.
+    Supabase(PostgrestReader),
+}
+
+impl Source {
+    pub fn open(target: &Target) -> Result<Source, heartbeat_sdk::SendError> {
+        Ok(match target {
+            Target::Local(path) => Source::Local(SqliteStore::new(path)),
+            Target::Supabase(config) => Source::Supabase(PostgrestReader::new(config)?),
+        })
+    }
+
+    /// Reads every row.
+    pub async fn fetch(&self) -> Result<Snapshot, heartbeat_sdk::SendError> {
+        match self {
+            Source::Local(store) => {
+                let store = store.clone();
+                let rows = tokio::task::spawn_blocking(move || store.read_all())
+                    .await
+                    .map_err(|e| heartbeat_sdk::SendError::Store(e.to_string()))??;
+                Ok(Snapshot {
+                    rows,
+                    now: Utc::now(),
+                })
+            }
+            Source::Supabase(reader) => {
+                let (rows, server_now) = reader.fetch_rows().await?;
+                Ok(Snapshot {
+                    rows,
+                    now: server_now.unwrap_or_else(Utc::now),
+                })
+            }
         }
     }
 }
@@ -51,10 +70,17 @@ pub async fn status(args: StatusArgs) -> i32 {
             return EXIT_UNREADABLE;
         }
     };
+    let source = match Source::open(&target) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("heartbeat-sidecar: cannot read {}: {e}", target.describe());
+            return EXIT_UNREADABLE;
+        }
+    };
     if args.watch {
-        return crate::watch::watch(target).await;
+        return crate::watch::watch(&source, target.describe()).await;
     }
-    let snapshot = match fetch(&target).await {
+    let snapshot = match source.fetch().await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("heartbeat-sidecar: cannot read {}: {e}", target.describe());

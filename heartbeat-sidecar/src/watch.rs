@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use heartbeat_sdk::{Health, StatusRow, Target};
+use heartbeat_sdk::{Health, StatusRow};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
@@ -11,7 +11,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState, Wrap};
 use ratatui::Frame;
 
-use crate::status::{exit_code, fetch, row_cells, Snapshot, COLUMNS, EXIT_UNREADABLE};
+use crate::status::{exit_code, row_cells, Snapshot, Source, COLUMNS, EXIT_UNREADABLE};
 
 const REFRESH: Duration = Duration::from_secs(2);
 
@@ -59,9 +59,9 @@ struct View {
 }
 
 /// Runs until `q`; returns the exit code of the last snapshot.
-pub async fn watch(target: Target) -> i32 {
+pub async fn watch(source: &Source, target: String) -> i32 {
     let mut view = View {
-        target: target.describe(),
+        target,
         snapshot: Snapshot {
             rows: Vec::new(),
             now: chrono::Utc::now(),
@@ -77,7 +77,7 @@ pub async fn watch(target: Target) -> i32 {
     let mut ever_read = false;
     loop {
         if last_fetch.is_none_or(|t| t.elapsed() >= REFRESH) {
-            match fetch(&target).await {
+            match source.fetch().await {
                 Ok(s) => {
                     view.snapshot = s;
                     view.error = None;
