@@ -242,6 +242,8 @@ impl HeartbeatBuilder {
             self.name = name;
         }
         self.settings = self.settings.apply_env(get);
+        // Only fields the code left unset read the environment, so a
+        // malformed variable that would not be used cannot fail the start.
         let mut first_error = None;
         let mut parse = |var: &'static str, expected: &'static str| -> Option<u64> {
             let raw = get(var)?;
@@ -257,26 +259,26 @@ impl HeartbeatBuilder {
                 }
             }
         };
-        let interval = parse(
-            env::INTERVAL,
-            "a whole number of seconds, at least 1 (default 30)",
-        );
-        let threshold = parse(
-            env::BREAKER_THRESHOLD,
-            "a whole number of errors, at least 1 (default 10)",
-        );
-        let budget = parse(
-            env::SHUTDOWN_BUDGET,
-            "a whole number of milliseconds, 1 to 60000 (default 1000)",
-        );
         if self.interval.is_none() {
-            self.interval = interval.map(Duration::from_secs);
+            self.interval = parse(
+                env::INTERVAL,
+                "a whole number of seconds, at least 1 (default 30)",
+            )
+            .map(Duration::from_secs);
         }
         if self.breaker_threshold.is_none() {
-            self.breaker_threshold = threshold.map(|t| u32::try_from(t).unwrap_or(u32::MAX));
+            self.breaker_threshold = parse(
+                env::BREAKER_THRESHOLD,
+                "a whole number of errors, at least 1 (default 10)",
+            )
+            .map(|t| u32::try_from(t).unwrap_or(u32::MAX));
         }
         if self.shutdown_budget.is_none() {
-            self.shutdown_budget = budget.map(Duration::from_millis);
+            self.shutdown_budget = parse(
+                env::SHUTDOWN_BUDGET,
+                "a whole number of milliseconds, 1 to 60000 (default 1000)",
+            )
+            .map(Duration::from_millis);
         }
         if self.env_error.is_none() {
             self.env_error = first_error;
@@ -289,9 +291,6 @@ impl HeartbeatBuilder {
     /// # Errors
     /// The first [`ConfigError`] found.
     pub fn validate_config(&self) -> Result<(), ConfigError> {
-        if let Some(e) = &self.env_error {
-            return Err(e.clone());
-        }
         self.checked_numbers()?;
         if self.transport.is_none() {
             self.settings.resolve()?;
@@ -300,6 +299,9 @@ impl HeartbeatBuilder {
     }
 
     fn checked_numbers(&self) -> Result<(Duration, u32, Duration), ConfigError> {
+        if let Some(e) = &self.env_error {
+            return Err(e.clone());
+        }
         validate_name(&self.name)?;
         let interval = self.interval.unwrap_or(DEFAULT_INTERVAL);
         if interval < Duration::from_secs(1) || interval > Duration::from_secs(86_400) {
@@ -330,9 +332,6 @@ impl HeartbeatBuilder {
 
     /// Checks everything and builds the transport, without starting anything.
     pub(crate) fn validate(&mut self) -> Result<Validated, ConfigError> {
-        if let Some(e) = self.env_error.take() {
-            return Err(e);
-        }
         let (interval, breaker_threshold, shutdown_budget) = self.checked_numbers()?;
         let transport = match self.transport.take() {
             Some(t) => t,
@@ -517,6 +516,14 @@ mod tests {
             HeartbeatBuilder::new("w").apply_env(env_of(&[("HP_SHUTDOWN_BUDGET_MS", "-1")])),
         );
         assert!(e.contains("HP_SHUTDOWN_BUDGET_MS"), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_variable_for_a_field_set_in_code_is_not_read() {
+        let b = HeartbeatBuilder::new("w")
+            .interval(Duration::from_secs(5))
+            .apply_env(env_of(&[("HP_HEARTBEAT_INTERVAL_SECS", "soon")]));
+        assert_eq!(err_of(b), "ok");
     }
 
     #[test]

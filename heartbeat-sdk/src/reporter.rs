@@ -114,6 +114,7 @@ impl BeatLoop {
     /// One beat: send, retrying what can be retried, and give up before the
     /// next beat is due (which sends a fresher row anyway).
     async fn beat(&mut self, next_beat: Instant) {
+        self.note_breaker();
         let base =
             (self.identity.interval / 20).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut backoff = Backoff::new(base, self.identity.interval / 4);
@@ -151,6 +152,25 @@ impl BeatLoop {
         self.failed_beats += 1;
     }
 
+    /// Logs the breaker opening (once per transition, at most every 5 minutes).
+    fn note_breaker(&mut self) {
+        let open = self.inner.counters.circuit_open();
+        if open
+            && !self.breaker_was_open
+            && self
+                .breaker_logs
+                .allow("breaker", std::time::Instant::now())
+                .is_some()
+        {
+            tracing::warn!(
+                worker = %self.identity.worker_name,
+                "heartbeat: circuit breaker open after {} errors in a row; the row says crashed until a job succeeds or reset_circuit() is called",
+                self.inner.counters.consecutive_errors()
+            );
+        }
+        self.breaker_was_open = open;
+    }
+
     async fn send_final(&mut self, state: &FinalState) -> bool {
         let row = self.build_row(Some(state));
         let budget = self.inner.shutdown_budget;
@@ -180,20 +200,6 @@ impl BeatLoop {
 
     pub(crate) fn build_row(&mut self, final_state: Option<&FinalState>) -> WorkerRow {
         let counters = self.inner.counters.snapshot();
-        if counters.breaker_open
-            && !self.breaker_was_open
-            && self
-                .breaker_logs
-                .allow("breaker", std::time::Instant::now())
-                .is_some()
-        {
-            tracing::warn!(
-                worker = %self.identity.worker_name,
-                "heartbeat: circuit breaker open after {} errors in a row; the row says crashed until a job succeeds or reset_circuit() is called",
-                counters.consecutive_errors
-            );
-        }
-        self.breaker_was_open = counters.breaker_open;
         let sample = self.probe.sample();
         let id = &self.identity;
         let uptime = id.started.elapsed();

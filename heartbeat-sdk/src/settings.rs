@@ -24,6 +24,17 @@ pub enum StoreChoice {
     Local(Option<PathBuf>),
 }
 
+impl StoreChoice {
+    /// Reads an `HP_STORE` value: `supabase`, `local`, or a path.
+    pub fn parse(value: &str) -> StoreChoice {
+        match value.trim() {
+            "supabase" => StoreChoice::Supabase,
+            "local" => StoreChoice::Local(None),
+            path => StoreChoice::Local(Some(PathBuf::from(path))),
+        }
+    }
+}
+
 /// The resolved destination.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -120,11 +131,7 @@ impl StoreSettings {
             self.schema = get(env::SCHEMA);
         }
         if self.store.is_none() {
-            self.store = get(env::STORE).map(|v| match v.trim() {
-                "supabase" => StoreChoice::Supabase,
-                "local" => StoreChoice::Local(None),
-                path => StoreChoice::Local(Some(PathBuf::from(path))),
-            });
+            self.store = get(env::STORE).map(|v| StoreChoice::parse(&v));
         }
         if self.allow_insecure_http.is_none() {
             self.allow_insecure_http =

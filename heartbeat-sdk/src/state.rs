@@ -80,6 +80,10 @@ impl Counters {
         self.consecutive_errors.load(Relaxed) >= self.threshold
     }
 
+    pub fn consecutive_errors(&self) -> u64 {
+        self.consecutive_errors.load(Relaxed)
+    }
+
     pub fn reset_circuit(&self) {
         self.consecutive_errors.store(0, Relaxed);
     }

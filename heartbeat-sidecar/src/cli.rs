@@ -1,8 +1,6 @@
 //! Command-line interface. Every setting also reads an environment variable
 //! (shown in `--help`); a flag wins over its variable.
 
-use std::path::PathBuf;
-
 use clap::{Args, Parser, Subcommand};
 
 /// Report any worker process to hp_worker_status, with no change to its code.
@@ -141,11 +139,7 @@ pub struct StatusArgs {
 impl StoreArgs {
     /// The SDK's settings: these flags, then the environment for the rest (the key).
     pub fn settings(&self) -> heartbeat_sdk::StoreSettings {
-        let store = self.store.as_deref().map(|s| match s.trim() {
-            "supabase" => heartbeat_sdk::StoreChoice::Supabase,
-            "local" => heartbeat_sdk::StoreChoice::Local(None),
-            path => heartbeat_sdk::StoreChoice::Local(Some(PathBuf::from(path))),
-        });
+        let store = self.store.as_deref().map(heartbeat_sdk::StoreChoice::parse);
         heartbeat_sdk::StoreSettings {
             url: self.url.clone().filter(|u| !u.trim().is_empty()),
             schema: self.schema.clone().filter(|s| !s.trim().is_empty()),
