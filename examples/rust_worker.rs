@@ -5,6 +5,11 @@
 //!
 //! It processes a fake job every 200 ms, fails about one in ten, and runs
 //! until SIGTERM or Ctrl-C, which mark its row `stopped`.
+//!
+//! With `HP_EXAMPLE_TIMINGS=1` it prints how long each job's bookkeeping
+//! (the `increment_*` call and its log line) kept the worker's thread, as
+//! `job N took NS ns` on stdout: `scripts/soak.sh` checks that reporting
+//! never makes the worker wait.
 
 use std::time::Duration;
 
@@ -25,15 +30,20 @@ fn main() {
         }
     };
 
+    let timings = std::env::var("HP_EXAMPLE_TIMINGS").as_deref() == Ok("1");
     let mut job: u64 = 0;
     loop {
         job += 1;
         std::thread::sleep(Duration::from_millis(200));
+        let started = std::time::Instant::now();
         if fastrand::u8(..10) == 0 {
             tracing::warn!(job, "job failed");
             heartbeat_sdk::increment_error();
         } else {
             heartbeat_sdk::increment_job();
+        }
+        if timings {
+            println!("job {job} took {} ns", started.elapsed().as_nanos());
         }
     }
 }

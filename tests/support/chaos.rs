@@ -55,7 +55,7 @@ const MAX_HEAD: usize = 64 * 1024;
 const KEEP_BODY: usize = 64 * 1024;
 /// Send buffer asked for while streaming a huge body, so that what the
 /// client acknowledged follows what it read.
-const HUGE_BODY_SNDBUF: libc::c_int = 16 * 1024;
+const HUGE_BODY_SNDBUF: libc::c_int = 64 * 1024;
 
 /// How the server misbehaves. One at a time; [`ChaosServer::set`] switches.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,8 +225,13 @@ impl Request {
 
     /// `worker_name` of the JSON row in the body, if there is one.
     pub fn worker_name(&self) -> Option<String> {
+        self.row_text("worker_name")
+    }
+
+    /// A text field of the JSON row in the body (`status`, `worker_name`, ...).
+    pub fn row_text(&self, field: &str) -> Option<String> {
         let row: serde_json::Value = serde_json::from_slice(&self.body).ok()?;
-        row.get("worker_name")?.as_str().map(str::to_owned)
+        row.get(field)?.as_str().map(str::to_owned)
     }
 }
 
@@ -757,6 +762,8 @@ impl Conn {
     /// client acknowledged and whether the whole body went out.
     async fn huge_body(&mut self, bytes: u64, chunk: usize, pause: Duration) -> (u64, bool) {
         set_send_buffer(&self.stream, HUGE_BODY_SNDBUF);
+        // Every chunk goes out at once, never held for the client's delayed ACK.
+        let _ = self.stream.set_nodelay(true);
         let acked_before = bytes_acked(&self.stream);
         let head = head(500, "text/html", bytes, None, false);
         let (mut reader, mut writer) = self.stream.split();
@@ -935,6 +942,7 @@ mod tests {
         assert_eq!(first.path, format!("{TABLE_PATH}?on_conflict=worker_name"));
         assert_eq!(first.header("APIKEY"), Some("sb_secret_FAKE_chaos"));
         assert_eq!(first.worker_name().as_deref(), Some("chaos-test"));
+        assert_eq!(first.row_text("status").as_deref(), Some("running"));
         assert_eq!(first.body_len, first.body.len() as u64);
         assert_eq!(first.answer, Answer::Status(201));
         assert_eq!(seen[1].answer, Answer::Status(200));

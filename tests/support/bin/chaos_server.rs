@@ -10,7 +10,7 @@
 //!
 //!     1763934600.123 +0.000 listening http://127.0.0.1:54321
 //!     1763934600.123 +0.000 mode accept
-//!     1763934600.456 +0.333 request seq=1 POST /rest/v1/hp_worker_status?on_conflict=worker_name worker=orders answer=201 body=1234
+//!     1763934600.456 +0.333 request seq=1 POST /rest/v1/hp_worker_status?on_conflict=worker_name worker=orders row=running answer=201 body=1234
 //!     1763934630.124 +30.001 mode refuse
 //!     1763934901.002 +300.879 huge-body seq=412 offered=209715200 taken=1245184 client_closed=true
 
@@ -131,10 +131,11 @@ fn main() {
                 Answer::Closed => "closed".into(),
             };
             let worker = r.worker_name().unwrap_or_else(|| "-".into());
+            let status = r.row_text("status").unwrap_or_else(|| "-".into());
             say(
                 r.wall,
                 &format!(
-                    "request seq={} {} {} worker={worker} answer={answer} body={}",
+                    "request seq={} {} {} worker={worker} row={status} answer={answer} body={}",
                     r.seq, r.method, r.path, r.body_len
                 ),
             );
