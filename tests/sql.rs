@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use heartbeat_sdk::{derive_health, FinalState, Heartbeat, MemoryTransport, WorkerStatus};
+use heartbeat_sdk::sidecar::FinalState;
+use heartbeat_sdk::{Heartbeat, MemoryTransport, StatusRow, WorkerStatus};
 use hp_heartbeat_tests::pg::{self, Database};
 use hp_heartbeat_tests::postgrest_sql::{self, COLUMN_TYPES_SQL};
 use serde_json::{json, Value};
@@ -26,20 +27,18 @@ fn sdk_rows() -> Vec<Value> {
         .metadata("queue", "orders")
         .start()
         .expect("start");
-    hb.increment_job();
-    hb.job_failed(&"upstream said 502");
+    hb.job_succeeded();
+    hb.job_failed("upstream said 502");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while store.rows().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
-    hb.finish_blocking(
-        FinalState {
-            status: WorkerStatus::Crashed,
-            exit_code: Some(3),
-            exit_signal: Some(9),
-            last_error: Some("panicked at 'boom'".into()),
-        },
-        Duration::from_secs(2),
+    heartbeat_sdk::sidecar::finish(
+        &hb,
+        FinalState::new(WorkerStatus::Crashed)
+            .exit_code(3)
+            .exit_signal(9)
+            .last_error("panicked at 'boom'"),
     );
     let rows: Vec<Value> = store
         .rows()
@@ -418,10 +417,11 @@ fn health_view_and_rust_agree_at_the_boundaries() {
     let mut compared = 0;
     for line in lines {
         let f: Vec<&str> = line.split('|').collect();
-        let status: WorkerStatus = serde_json::from_value(json!(f[1])).expect("status");
-        let last: Option<DateTime<Utc>> =
-            (!f[2].is_empty()).then(|| serde_json::from_str(f[2]).expect("time"));
-        let rust = derive_health(status, last, f[3].parse().ok(), now);
+        let mut row = StatusRow::named(f[0]);
+        row.status = Some(f[1].to_owned());
+        row.last_heartbeat = (!f[2].is_empty()).then(|| serde_json::from_str(f[2]).expect("time"));
+        row.heartbeat_interval_seconds = f[3].parse().ok();
+        let rust = row.health(now);
         assert_eq!(
             rust.as_str(),
             f[4],

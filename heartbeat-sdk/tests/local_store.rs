@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use heartbeat_sdk::{FinalState, Heartbeat, SendError, SqliteStore, WorkerRow, WorkerStatus};
+use heartbeat_sdk::sidecar::{FinalState, SqliteStore};
+use heartbeat_sdk::{Heartbeat, SendError, WorkerRow, WorkerStatus};
 
 /// A real row as the SDK builds it (final, so every field is set).
 fn template_row(state: FinalState) -> WorkerRow {
@@ -15,7 +16,7 @@ fn template_row(state: FinalState) -> WorkerRow {
         .handle_signals(false)
         .start()
         .expect("start");
-    hb.finish_blocking(state, Duration::from_secs(2));
+    heartbeat_sdk::sidecar::finish(&hb, state);
     mem.rows().pop().expect("a row")
 }
 
@@ -43,8 +44,8 @@ fn round_trip_running_then_stopped() {
         .metadata("queue", "orders")
         .start()
         .expect("start with no Supabase at all");
-    hb.increment_job();
-    hb.job_failed(&"timeout talking to the exchange");
+    hb.job_succeeded();
+    hb.job_failed("timeout talking to the exchange");
     let store = SqliteStore::new(&path);
     let rows = wait_rows(&store, |r| !r.is_empty());
     assert_eq!(rows.len(), 1);
@@ -53,7 +54,7 @@ fn round_trip_running_then_stopped() {
     assert_eq!(row.status.as_deref(), Some("running"));
     assert!(row.last_heartbeat.is_some());
     assert_eq!(row.pid, Some(i64::from(std::process::id())));
-    assert!(hb.shutdown_blocking(Duration::from_secs(2)));
+    assert!(hb.shutdown());
     let row = store.read_all().expect("read").remove(0);
     assert_eq!(row.status.as_deref(), Some("stopped"));
     assert_eq!((row.jobs_processed, row.error_count), (Some(1), Some(1)));
@@ -76,12 +77,12 @@ fn round_trip_running_then_stopped() {
 fn every_row_key_is_a_column_of_the_local_table() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("hb.db");
-    let row = template_row(FinalState {
-        status: WorkerStatus::Crashed,
-        exit_code: Some(1),
-        exit_signal: Some(9),
-        last_error: Some("x".into()),
-    });
+    let row = template_row(
+        FinalState::new(WorkerStatus::Crashed)
+            .exit_code(1)
+            .exit_signal(9)
+            .last_error("x"),
+    );
     SqliteStore::new(&path).write(&row).expect("written");
     let out = Command::new("sqlite3")
         .arg(&path)
@@ -188,10 +189,10 @@ fn keeps_running_with(path: &std::path::Path, expect_in_error: &str) {
         .handle_signals(false)
         .start()
         .expect("starts anyway");
-    hb.increment_job();
+    hb.job_succeeded();
     std::thread::sleep(Duration::from_millis(100));
     assert!(
-        !hb.shutdown_blocking(Duration::from_secs(2)),
+        !hb.shutdown(),
         "the final row cannot be stored, and that is all"
     );
 }

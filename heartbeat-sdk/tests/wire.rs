@@ -140,7 +140,12 @@ async fn jwt_key_sends_the_supabase_js_upsert_with_bearer() {
         raw("prefer").as_deref(),
         Some("resolution=merge-duplicates,return=minimal")
     );
-    assert!(hb.shutdown().await, "final row stored");
+    assert!(
+        tokio::task::spawn_blocking(move || hb.shutdown())
+            .await
+            .expect("join"),
+        "final row stored"
+    );
     server.verify().await;
 }
 
@@ -184,11 +189,12 @@ async fn first_beat_arrives_within_500_ms_and_shutdown_sends_stopped() {
         "first beat after {:?}",
         first - started
     );
-    assert!(hb.shutdown().await);
+    assert!(tokio::task::spawn_blocking(move || hb.shutdown())
+        .await
+        .expect("join"));
     let got = server.received_requests().await.unwrap_or_default();
     let last = body(got.last().expect("a final row"));
     assert_eq!(last["status"], "stopped");
-    assert!(hb.shutdown().await, "a second shutdown only waits");
     assert_eq!(
         server.received_requests().await.unwrap_or_default().len(),
         got.len()

@@ -1,7 +1,10 @@
 //! Command-line interface. Every setting also reads an environment variable
-//! (shown in `--help`); a flag wins over its variable.
+//! (shown in `--help`); a flag wins over its variable. Names and defaults
+//! come from the SDK, so the two never disagree.
 
 use clap::{Args, Parser, Subcommand};
+use heartbeat_sdk::sidecar::{env, StoreChoice};
+use heartbeat_sdk::StoreSettings;
 
 /// Report any worker process to hp_worker_status, with no change to its code.
 ///
@@ -37,54 +40,58 @@ pub enum Command {
     Status(StatusArgs),
 }
 
-/// Where rows are read and written. The key comes from SUPABASE_SECRET_KEY,
-/// SUPABASE_SERVICE_ROLE_KEY or SUPABASE_SERVICE_KEY (first found).
+/// Where rows are read and written. URL, store and schema are also read from
+/// their variables by the SDK, so a flag given here always wins.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Supabase project URL, e.g. https://abcdefgh.supabase.co.
-    #[arg(long, env = "SUPABASE_URL", value_name = "URL")]
+    /// Supabase project URL, e.g. https://abcdefgh.supabase.co [env: SUPABASE_URL]
+    #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// Schema holding hp_worker_status.
-    #[arg(long, env = "HP_SUPABASE_SCHEMA", value_name = "NAME")]
+    /// Schema holding hp_worker_status [env: HP_SUPABASE_SCHEMA] [default: public]
+    #[arg(long, value_name = "NAME")]
     pub schema: Option<String>,
-    /// `supabase`, `local`, or the path of a local SQLite store.
-    #[arg(long, env = "HP_STORE", value_name = "supabase|local|PATH")]
+    /// `supabase`, `local`, or the path of a local SQLite store [env: HP_STORE]
+    #[arg(long, value_name = "supabase|local|PATH")]
     pub store: Option<String>,
-    /// Allow plain http:// to a non-loopback host (sends the key in clear).
-    #[arg(long, env = "HP_ALLOW_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    /// Allow plain http:// to a non-loopback host, which sends the key in clear
+    /// [env: HP_ALLOW_INSECURE_HTTP=1]
+    #[arg(long)]
     pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Worker name: 1 to 128 of A-Z a-z 0-9 . _ : -
-    #[arg(long, env = "HP_WORKER_NAME", value_name = "NAME")]
+    #[arg(long, env = env::WORKER_NAME, value_name = "NAME")]
     pub name: String,
     /// Append -$NODE_APP_INSTANCE to the name (PM2 with instances > 1).
     #[arg(long)]
     pub instance_suffix: bool,
-    /// Seconds between beats.
+    /// Seconds between beats, 1 to 86400.
     #[arg(
         long,
-        env = "HP_HEARTBEAT_INTERVAL_SECS",
+        env = env::INTERVAL,
         value_name = "SECS",
-        default_value_t = 30
+        default_value_t = env::DEFAULT_INTERVAL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub interval: u64,
-    /// Milliseconds the final row may take after the worker exits.
+    /// Milliseconds the final row may take after the worker exits, 1 to 60000.
     #[arg(
         long,
-        env = "HP_SHUTDOWN_BUDGET_MS",
+        env = env::SHUTDOWN_BUDGET,
         value_name = "MS",
-        default_value_t = 1000
+        default_value_t = env::DEFAULT_SHUTDOWN_BUDGET.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
     )]
     pub shutdown_budget: u64,
     /// Errors in a row that open the circuit breaker.
     #[arg(
         long,
-        env = "HP_CIRCUIT_BREAKER_THRESHOLD",
+        env = env::BREAKER_THRESHOLD,
         value_name = "N",
-        default_value_t = 10
+        default_value_t = env::DEFAULT_BREAKER_THRESHOLD,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub circuit_breaker_threshold: u32,
     /// Count a job for each output line matching REGEX (repeatable).
@@ -97,15 +104,11 @@ pub struct RunArgs {
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     pub metadata: Vec<String>,
     /// The worker's version, shown in the row.
-    #[arg(
-        long = "worker-version",
-        env = "HP_WORKER_VERSION",
-        value_name = "VERSION"
-    )]
+    #[arg(long = "worker-version", env = env::WORKER_VERSION, value_name = "VERSION")]
     pub worker_version: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The worker command and its arguments.
+    /// The worker command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -115,7 +118,7 @@ pub struct CheckArgs {
     /// Worker name to write the test row under (use the real worker's name).
     #[arg(
         long,
-        env = "HP_WORKER_NAME",
+        env = env::WORKER_NAME,
         value_name = "NAME",
         default_value = "heartbeat-check"
     )]
@@ -129,7 +132,7 @@ pub struct StatusArgs {
     /// Print the rows as JSON (for scripts).
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
-    /// A live view, refreshed every 2 s (q to quit).
+    /// A live view, refreshed every 2 s (q to quit). Needs a terminal.
     #[arg(long)]
     pub watch: bool,
     #[command(flatten)]
@@ -137,16 +140,56 @@ pub struct StatusArgs {
 }
 
 impl StoreArgs {
-    /// The SDK's settings: these flags, then the environment for the rest (the key).
-    pub fn settings(&self) -> heartbeat_sdk::StoreSettings {
-        let store = self.store.as_deref().map(heartbeat_sdk::StoreChoice::parse);
-        heartbeat_sdk::StoreSettings {
-            url: self.url.clone().filter(|u| !u.trim().is_empty()),
-            schema: self.schema.clone().filter(|s| !s.trim().is_empty()),
-            store,
-            allow_insecure_http: Some(self.allow_insecure_http),
-            ..Default::default()
+    /// The SDK's settings: these flags, then the environment for the rest.
+    ///
+    /// # Errors
+    /// When two flags disagree about where rows go.
+    pub fn settings(&self) -> Result<StoreSettings, String> {
+        let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let mut settings = StoreSettings::default();
+        if let Some(url) = given(&self.url) {
+            // A URL given on the command line means Supabase, whatever HP_STORE says.
+            match given(&self.store).map(|s| StoreChoice::parse(&s)) {
+                Some(StoreChoice::Local(_)) => return Err(
+                    "--url and --store local/PATH disagree about where rows go: pass one of them"
+                        .into(),
+                ),
+                _ => settings = settings.url(url).store(StoreChoice::Supabase),
+            }
+        } else if let Some(store) = given(&self.store) {
+            settings = settings.store(StoreChoice::parse(&store));
         }
-        .from_env()
+        if let Some(schema) = given(&self.schema) {
+            settings = settings.schema(schema);
+        }
+        if self.allow_insecure_http {
+            settings = settings.allow_insecure_http(true);
+        }
+        Ok(settings.from_env())
+    }
+}
+
+/// Parses the command line; usage errors exit 2 with clap's message, plus
+/// the fix for the most common one (the worker's command without `--`).
+pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let is_run = args.get(1).is_some_and(|a| a == "run");
+            let has_separator = args.iter().any(|a| a == "--");
+            let usage_kind = matches!(
+                e.kind(),
+                clap::error::ErrorKind::UnknownArgument
+                    | clap::error::ErrorKind::MissingRequiredArgument
+            );
+            if is_run && !has_separator && usage_kind {
+                eprintln!(
+                    "error: put `--` before the worker's command, e.g.\n  heartbeat-sidecar run --name orders -- node scripts/orders.mjs\n"
+                );
+                std::process::exit(crate::exit::USAGE);
+            }
+            e.exit()
+        }
     }
 }

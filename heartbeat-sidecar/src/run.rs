@@ -1,23 +1,20 @@
 //! `heartbeat-sidecar run`: start the worker, pass its output and signals
 //! through, report for it, and end as it ended.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use heartbeat_sdk::probe::ProcessTree;
-use heartbeat_sdk::{FinalState, Heartbeat, HeartbeatBuilder, WorkerStatus, MAX_LAST_ERROR_BYTES};
+use heartbeat_sdk::sidecar::{FinalState, ProcessTree};
+use heartbeat_sdk::{Heartbeat, HeartbeatBuilder, WorkerStatus};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::cli::RunArgs;
-use crate::exit::{classify, Exit, SHUTDOWN_SIGNALS};
-use crate::lines::{combine, LineKind, LineMatcher};
+use crate::exit::{classify, Exit, SHUTDOWN_SIGNALS, USAGE};
+use crate::lines::{combine, LineMatcher};
+use crate::output::{pump, tail_text, Stream};
 use crate::socket::ReportSocket;
 
 /// Signals passed on to the child.
@@ -30,22 +27,29 @@ const FORWARDED: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
-/// Why `run` stopped before the child ran: a usage or configuration error (exit 2).
-#[derive(Debug)]
-pub struct SetupError(pub anyhow::Error);
-
-/// Runs the worker to its end. `Err(SetupError)` means it never started.
-pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
-    let setup = prepare(&args).map_err(SetupError)?;
+/// Runs the worker to its end and says how the sidecar must end.
+pub async fn run(args: RunArgs) -> Exit {
     let Prepared {
         builder,
         job,
         error,
         budget,
-    } = setup;
+    } = match prepare(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("heartbeat-sidecar: {e:#}");
+            return Exit::Code(USAGE);
+        }
+    };
 
     // Listen before spawning, so no signal between the two is lost.
-    let mut signals = forward_signals().map_err(SetupError)?;
+    let mut signals = match forward_signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("heartbeat-sidecar: {e:#}");
+            return Exit::Code(USAGE);
+        }
+    };
     let mut socket = match ReportSocket::bind() {
         Ok(s) => Some(s),
         Err(e) => {
@@ -79,9 +83,13 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
     }
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(e) => return Ok(report_spawn_failure(builder, &args.command[0], &e, budget)),
+        Err(e) => return report_spawn_failure(builder, &args.command[0], &e),
     };
-    let pid = child.id().unwrap_or(0);
+    // Only a child already reaped has no pid, and this one was not waited for.
+    let Some(pid) = child.id() else {
+        eprintln!("heartbeat-sidecar: the worker ended before it could be watched");
+        return Exit::Code(1);
+    };
     let heartbeat = builder
         .process_probe(ProcessTree::new(pid))
         .metadata("sidecar_pid", parent)
@@ -91,7 +99,8 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
         Ok(hb) => hb,
         Err(e) => {
             let _ = child.start_kill();
-            return Err(SetupError(anyhow::Error::new(e)));
+            eprintln!("heartbeat-sidecar: {e}");
+            return Exit::Code(USAGE);
         }
     };
     if let Some(s) = socket.as_mut() {
@@ -103,7 +112,7 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
     if let Some(out) = child.stdout.take().and_then(|o| o.into_owned_fd().ok()) {
         pumps.push(pump(
             out,
-            1,
+            Stream::Stdout,
             LineMatcher::new(job.clone(), error.clone()),
             Arc::clone(&heartbeat),
             None,
@@ -112,7 +121,7 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
     if let Some(err) = child.stderr.take().and_then(|e| e.into_owned_fd().ok()) {
         pumps.push(pump(
             err,
-            2,
+            Stream::Stderr,
             LineMatcher::new(job, error),
             Arc::clone(&heartbeat),
             Some(Arc::clone(&stderr_tail)),
@@ -124,7 +133,7 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
         tokio::select! {
             status = child.wait() => break status,
             Some(sig) = signals.recv() => {
-                // SAFETY: kill(2) on our own child's pid with a valid signal.
+                // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
                 unsafe { libc::kill(pid as libc::pid_t, sig) };
                 if SHUTDOWN_SIGNALS.contains(&sig) {
                     forwarded_shutdown = Some(sig);
@@ -135,15 +144,12 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
     let status = match status {
         Ok(s) => s,
         Err(e) => {
-            heartbeat.finish_blocking(
-                FinalState {
-                    status: WorkerStatus::Crashed,
-                    last_error: Some(format!("lost track of the worker: {e}")),
-                    ..FinalState::default()
-                },
-                budget,
+            heartbeat_sdk::sidecar::finish(
+                &heartbeat,
+                FinalState::new(WorkerStatus::Crashed)
+                    .last_error(format!("lost track of the worker: {e}")),
             );
-            return Ok(Exit::Code(1));
+            return Exit::Code(1);
         }
     };
 
@@ -155,11 +161,11 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
     }
     let tail = tail_text(&stderr_tail.lock().map(|t| t.clone()).unwrap_or_default());
     let (state, exit) = classify(status, forwarded_shutdown, &tail);
-    if !heartbeat.finish_blocking(state, budget + Duration::from_millis(100)) {
+    if !heartbeat_sdk::sidecar::finish(&heartbeat, state) {
         tracing::warn!("the final row was not stored within {budget:?}");
     }
     drop(socket);
-    Ok(exit)
+    exit
 }
 
 struct Prepared {
@@ -181,8 +187,9 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let job = combine(&args.job_patterns, "--job-pattern")?;
     let error = combine(&args.error_patterns, "--error-pattern")?;
     let budget = Duration::from_millis(args.shutdown_budget);
+    let settings = args.store.settings().map_err(anyhow::Error::msg)?;
     let mut builder = Heartbeat::builder(name)
-        .settings(args.store.settings())
+        .store_settings(settings)
         .interval(Duration::from_secs(args.interval))
         .shutdown_budget(budget)
         .circuit_breaker_threshold(args.circuit_breaker_threshold)
@@ -225,83 +232,7 @@ fn forward_signals() -> anyhow::Result<mpsc::UnboundedReceiver<i32>> {
     Ok(rx)
 }
 
-/// Copies one of the child's streams to ours byte for byte on its own thread
-/// (a full pipe never blocks the supervisor), counting matching lines.
-fn pump(
-    from: OwnedFd,
-    to_fd: i32,
-    mut matcher: LineMatcher,
-    heartbeat: Arc<Heartbeat>,
-    tail: Option<Arc<Mutex<Vec<u8>>>>,
-) -> oneshot::Receiver<()> {
-    let (done, finished) = oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name(format!("hp-pump-{to_fd}"))
-        .spawn(move || {
-            let mut from = File::from(from);
-            // SAFETY: fd 1/2 stay open for the life of the process; ManuallyDrop never closes them.
-            let mut to = ManuallyDrop::new(unsafe { File::from_raw_fd(to_fd) });
-            let mut buf = vec![0u8; 128 * 1024];
-            let mut on_match = |kind: LineKind, line: &[u8]| match kind {
-                LineKind::Job => heartbeat.increment_job(),
-                LineKind::Error => heartbeat.job_failed(&String::from_utf8_lossy(line)),
-            };
-            let mut output_open = true;
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                let chunk = &buf[..n];
-                // If our own output is gone, keep draining so the worker never blocks.
-                if output_open && to.write_all(chunk).is_err() {
-                    output_open = false;
-                }
-                matcher.feed(chunk, &mut on_match);
-                if let Some(tail) = &tail {
-                    keep_tail(tail, chunk);
-                }
-            }
-            matcher.finish(&mut on_match);
-            let _ = done.send(());
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start an output thread: {e}");
-    }
-    finished
-}
-
-fn keep_tail(tail: &Mutex<Vec<u8>>, chunk: &[u8]) {
-    let Ok(mut tail) = tail.lock() else { return };
-    if chunk.len() >= MAX_LAST_ERROR_BYTES {
-        tail.clear();
-        tail.extend_from_slice(&chunk[chunk.len() - MAX_LAST_ERROR_BYTES..]);
-    } else {
-        tail.extend_from_slice(chunk);
-        let excess = tail.len().saturating_sub(MAX_LAST_ERROR_BYTES);
-        tail.drain(..excess);
-    }
-}
-
-/// The last lines of stderr, starting at a line boundary when cut.
-fn tail_text(bytes: &[u8]) -> String {
-    let start = if bytes.len() >= MAX_LAST_ERROR_BYTES {
-        bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)
-    } else {
-        0
-    };
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    heartbeat_sdk::truncate_message(text.trim_end(), MAX_LAST_ERROR_BYTES)
-}
-
-fn report_spawn_failure(
-    builder: HeartbeatBuilder,
-    program: &str,
-    e: &std::io::Error,
-    budget: Duration,
-) -> Exit {
+fn report_spawn_failure(builder: HeartbeatBuilder, program: &str, e: &std::io::Error) -> Exit {
     let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
         126
     } else {
@@ -310,34 +241,12 @@ fn report_spawn_failure(
     let message = format!("cannot start {program:?}: {e}");
     eprintln!("heartbeat-sidecar: {message}");
     if let Ok(hb) = builder.start() {
-        hb.finish_blocking(
-            FinalState {
-                status: WorkerStatus::Crashed,
-                exit_code: Some(code),
-                exit_signal: None,
-                last_error: Some(message),
-            },
-            budget + Duration::from_millis(100),
+        heartbeat_sdk::sidecar::finish(
+            &hb,
+            FinalState::new(WorkerStatus::Crashed)
+                .exit_code(code)
+                .last_error(message),
         );
     }
     Exit::Code(code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_the_last_lines_within_bounds() {
-        let tail = Mutex::new(Vec::new());
-        for i in 0..1000 {
-            keep_tail(&tail, format!("line {i}\n").as_bytes());
-        }
-        let text = tail_text(&tail.lock().map(|t| t.clone()).unwrap_or_default());
-        assert!(text.len() <= MAX_LAST_ERROR_BYTES);
-        assert!(
-            text.starts_with("line ") && text.ends_with("line 999"),
-            "{text}"
-        );
-    }
 }

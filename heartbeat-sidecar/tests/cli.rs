@@ -93,7 +93,7 @@ async fn check_leaves_a_live_workers_row_alone() {
         .handle_signals(false)
         .start()
         .expect("start");
-    hb.increment_job();
+    hb.job_succeeded();
     std::thread::sleep(Duration::from_millis(300));
     let mut cmd = sidecar();
     cmd.env("HP_STORE", &db)
@@ -101,7 +101,7 @@ async fn check_leaves_a_live_workers_row_alone() {
     let out = output_within(cmd, Duration::from_secs(10)).await;
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("already reporting"));
-    let row = heartbeat_sdk::SqliteStore::new(&db)
+    let row = heartbeat_sdk::sidecar::SqliteStore::new(&db)
         .read_all()
         .expect("read")
         .remove(0);

@@ -180,10 +180,10 @@ pub fn store_with_every_state(path: &std::path::Path) {
             .handle_signals(false)
             .start()
             .expect("start");
-        hb.shutdown_blocking(Duration::from_secs(2));
+        hb.shutdown();
         mem.rows().pop().expect("row")
     };
-    let store = heartbeat_sdk::SqliteStore::new(path);
+    let store = heartbeat_sdk::sidecar::SqliteStore::new(path);
     for (name, status) in [
         ("fresh-worker", "running"),
         ("stale-worker", "running"),

@@ -85,26 +85,28 @@ impl ProcessTree {
     /// The root and its descendants, from `/proc/<pid>/task/<tid>/children`
     /// (Linux 3.5+); `None` where the kernel does not provide those files.
     fn descendants(&self) -> Option<Vec<Pid>> {
+        let root = self.root.as_u32();
+        // A thread that exits mid-walk loses its file too: only the root's
+        // main thread tells whether the kernel has these files at all.
+        if std::fs::metadata(format!("/proc/{root}/task/{root}/children")).is_err()
+            && std::path::Path::new(&format!("/proc/{root}")).exists()
+        {
+            return None;
+        }
         let mut tree = vec![self.root];
         let mut i = 0;
         while i < tree.len() && tree.len() < 10_000 {
             let tasks = std::fs::read_dir(format!("/proc/{}/task", tree[i].as_u32()));
-            if let Ok(tasks) = tasks {
-                for task in tasks.flatten() {
-                    let children = match std::fs::read_to_string(task.path().join("children")) {
-                        Ok(c) => c,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && i == 0 => {
-                            return None
-                        }
-                        Err(_) => continue,
-                    };
-                    tree.extend(
-                        children
-                            .split_whitespace()
-                            .filter_map(|p| p.parse().ok())
-                            .map(Pid::from_u32),
-                    );
-                }
+            for task in tasks.into_iter().flatten().flatten() {
+                let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                    continue;
+                };
+                tree.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .map(Pid::from_u32),
+                );
             }
             i += 1;
         }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-use crate::row::{truncate_message, MAX_LAST_ERROR_BYTES};
+use crate::model::text::{truncate_message, MAX_LAST_ERROR_BYTES};
 
 /// Counters and the breaker, shared between the worker and the beat thread.
 ///

@@ -9,9 +9,10 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 use serde_json::{Map, Value};
 
-use crate::error::SendError;
-use crate::row::WorkerRow;
-use crate::status_row::StatusRow;
+use crate::model::clock::now_micros;
+use crate::model::error::{ReadError, SendError};
+use crate::model::row::WorkerRow;
+use crate::model::status_row::StatusRow;
 use crate::transport::{SendFuture, Transport};
 
 /// The table, with the Postgres migration's CHECKs. `last_heartbeat` and
@@ -55,15 +56,26 @@ const JSON_COLUMNS: [&str; 1] = ["metadata"];
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     path: PathBuf,
+    create_parent: bool,
     connection: Arc<Mutex<Option<Connection>>>,
 }
 
 impl SqliteStore {
-    /// A store at `path`; nothing is opened yet.
+    /// A store at `path`; nothing is opened yet. A missing directory is an
+    /// error (a typo in `HP_STORE` should not scatter stores around).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SqliteStore {
             path: path.into(),
+            create_parent: false,
             connection: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A store at a default path, whose directory is created when missing.
+    pub(crate) fn at_default_path(path: impl Into<PathBuf>) -> Self {
+        SqliteStore {
+            create_parent: true,
+            ..SqliteStore::new(path)
         }
     }
 
@@ -82,7 +94,7 @@ impl SqliteStore {
             .lock()
             .map_err(|_| SendError::Store("local store lock poisoned".into()))?;
         if slot.is_none() {
-            *slot = Some(open_for_writing(&self.path)?);
+            *slot = Some(open_for_writing(&self.path, self.create_parent)?);
         }
         let Some(conn) = slot.as_mut() else {
             return Ok(());
@@ -92,25 +104,25 @@ impl SqliteStore {
             // Reopen next time: the file may have been replaced or fixed.
             *slot = None;
         }
-        result.map_err(|e| explain(&self.path, &e))
+        result.map_err(|e| SendError::Store(explain(&self.path, &e)))
     }
 
     /// Every row, by worker name.
     ///
     /// # Errors
-    /// [`SendError::Store`] when the file is missing or not a store.
-    pub fn read_all(&self) -> Result<Vec<StatusRow>, SendError> {
+    /// [`ReadError::Store`] when the file is missing or not a store.
+    pub fn read_all(&self) -> Result<Vec<StatusRow>, ReadError> {
         if !self.path.exists() {
-            return Err(SendError::Store(format!(
+            return Err(ReadError::Store(format!(
                 "no local store at {}: no worker has reported here yet (set HP_STORE to the path the workers use)",
                 self.path.display()
             )));
         }
+        let read = |e: rusqlite::Error| ReadError::Store(explain(&self.path, &e));
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| explain(&self.path, &e))?;
-        conn.busy_timeout(Duration::from_secs(2))
-            .map_err(|e| explain(&self.path, &e))?;
-        read_rows(&conn).map_err(|e| explain(&self.path, &e))
+            .map_err(read)?;
+        conn.busy_timeout(Duration::from_secs(2)).map_err(read)?;
+        read_rows(&conn).map_err(read)
     }
 }
 
@@ -132,10 +144,10 @@ impl Transport for SqliteStore {
     }
 }
 
-fn open_for_writing(path: &Path) -> Result<Connection, SendError> {
+fn open_for_writing(path: &Path, create_parent: bool) -> Result<Connection, SendError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            if path == crate::settings::StoreSettings::default_local_path() {
+            if create_parent {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     SendError::Store(format!(
                         "cannot create {}: {e} (set HP_STORE to a writable path)",
@@ -159,7 +171,7 @@ fn open_for_writing(path: &Path) -> Result<Connection, SendError> {
             Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10 + u64::from(fastrand::u8(..40))));
             }
-            result => return result.map_err(|e| explain(path, &e)),
+            result => return result.map_err(|e| SendError::Store(explain(path, &e))),
         }
     }
 }
@@ -192,7 +204,7 @@ fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
     let Ok(Value::Object(fields)) = serde_json::to_value(row) else {
         return Err(rusqlite::Error::InvalidQuery);
     };
-    let now = crate::reporter::now_micros().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let now = now_micros().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut columns: Vec<&str> = fields.keys().map(String::as_str).collect();
     let mut values: Vec<SqlValue> = fields.values().map(to_sql).collect();
     columns.extend(["last_heartbeat", "updated_at"]);
@@ -266,10 +278,10 @@ fn from_sql(column: &str, v: SqlValue) -> Value {
 }
 
 /// Says what is wrong with the file in words, with the fix.
-fn explain(path: &Path, e: &rusqlite::Error) -> SendError {
+fn explain(path: &Path, e: &rusqlite::Error) -> String {
     use rusqlite::ffi::ErrorCode;
     let p = path.display();
-    let why = match e.sqlite_error_code() {
+    match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
             format!("the local store {p} is not a valid SQLite database ({e}): move it away, or set HP_STORE to another path")
         }
@@ -283,8 +295,7 @@ fn explain(path: &Path, e: &rusqlite::Error) -> SendError {
         }
         Some(ErrorCode::ConstraintViolation) => format!("the local store {p} refused the row: {e}"),
         _ => format!("local store {p}: {e}"),
-    };
-    SendError::Store(why)
+    }
 }
 
 fn read_only(path: &Path, e: &rusqlite::Error) -> String {

@@ -1,4 +1,5 @@
-//! Errors: configuration mistakes the user can fix, and send failures the loop classifies.
+//! Errors: configuration mistakes the user can fix, send failures the loop
+//! classifies, and read failures a reader reports.
 
 use std::time::Duration;
 
@@ -74,6 +75,9 @@ pub enum ConfigError {
     /// The background thread could not be started.
     #[error("could not start the heartbeat thread: {0}")]
     Thread(String),
+    /// The HTTP client could not be built (the TLS backend failed to start).
+    #[error("could not set up the HTTP client: {0}")]
+    HttpClient(String),
 }
 
 /// Why one beat was not stored. Never returned to the worker's code path: the
@@ -191,4 +195,65 @@ impl SendError {
             SendError::Store(m) => format!("store:{m}"),
         }
     }
+}
+
+/// Why the rows could not be read (`heartbeat-sidecar status`, [`crate::read::Reader`]).
+/// Reads are not retried: the message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// 401: the key is wrong, expired, or not accepted as given.
+    #[error("HTTP {status} {code}: {message} (the API key is wrong or expired: copy the secret or service_role key from Project Settings > API)")]
+    Unauthorized {
+        /// HTTP status.
+        status: u16,
+        /// PostgREST or gateway code (may be empty).
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// 42501: row level security or a missing GRANT.
+    #[error("HTTP {status} {code}: {message} (this key may not read hp_worker_status: use the secret/service_role key, or a signed-in user, and apply the migration in sql/)")]
+    PermissionDenied {
+        /// HTTP status.
+        status: u16,
+        /// Usually 42501.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// 404 PGRST205 / 42P01: the table is not there.
+    #[error("HTTP {status} {code}: {message} (table hp_worker_status is missing: apply the migration in sql/ to this project and schema)")]
+    TableMissing {
+        /// HTTP status.
+        status: u16,
+        /// PGRST205 or 42P01.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// Any other answer that is not a success.
+    #[error("HTTP {status} {code}: {message} ({hint})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// PostgREST or Postgres code.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The server's hint, or ours.
+        hint: String,
+    },
+    /// The answer was not the rows we asked for.
+    #[error("the answer did not parse as rows of hp_worker_status: {0}")]
+    Unparsable(String),
+    /// No answer within the request timeout.
+    #[error("no answer within {0:?} (check the network path to SUPABASE_URL)")]
+    Timeout(Duration),
+    /// Could not connect or the connection broke.
+    #[error("could not reach the server: {0} (check SUPABASE_URL and the network)")]
+    Connect(String),
+    /// The local store is missing or cannot be read; the message says why and the fix.
+    #[error("{0}")]
+    Store(String),
 }

@@ -1,19 +1,23 @@
 //! The beat loop: a named thread with its own current-thread runtime, so it
 //! works from plain `fn main` and cannot be stalled by a busy user runtime.
+//!
+//! Every clock read here is tokio's and every random number comes from the
+//! loop's own `Rng`, so tests run the loop on a paused clock with a seed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
-use crate::backoff::Backoff;
-use crate::error::SendError;
-use crate::heartbeat::{FinalState, Inner};
-use crate::log_limit::LogLimiter;
-use crate::probe::ProcessProbe;
-use crate::row::{WorkerRow, WorkerStatus};
+use crate::beat::backoff::Backoff;
+use crate::beat::log_limit::LogLimiter;
+use crate::beat::probe::ProcessProbe;
+use crate::beat::shared::Shared;
+use crate::model::clock::now_micros;
+use crate::model::error::SendError;
+use crate::model::row::{FinalState, WorkerRow, WorkerStatus};
 use crate::transport::Transport;
 
 /// What stays the same for the life of one reporter.
@@ -30,17 +34,18 @@ pub(crate) struct Identity {
 }
 
 pub(crate) struct BeatLoop {
-    pub inner: Arc<Inner>,
+    pub shared: Arc<Shared>,
     pub identity: Identity,
     pub transport: Box<dyn Transport>,
-    pub probe: Box<dyn ProcessProbe>,
-    pub logs: LogLimiter,
+    probe: Box<dyn ProcessProbe>,
+    rng: fastrand::Rng,
+    logs: LogLimiter,
     /// Beats that failed since the last success (for the recovery log line).
-    pub failed_beats: u64,
+    failed_beats: u64,
     /// The breaker's state in the previous row, to log when it opens.
-    pub breaker_was_open: bool,
+    breaker_was_open: bool,
     /// Its own limiter: a delivered beat clears `logs`, not this.
-    pub breaker_logs: LogLimiter,
+    breaker_logs: LogLimiter,
 }
 
 /// How often the same failure may be logged.
@@ -51,16 +56,18 @@ pub(crate) const MAX_TRIES_PER_BEAT: u32 = 4;
 
 impl BeatLoop {
     pub fn new(
-        inner: Arc<Inner>,
+        shared: Arc<Shared>,
         identity: Identity,
         transport: Box<dyn Transport>,
         probe: Box<dyn ProcessProbe>,
+        rng: fastrand::Rng,
     ) -> Self {
         BeatLoop {
-            inner,
+            shared,
             identity,
             transport,
             probe,
+            rng,
             logs: LogLimiter::new(LOG_EVERY),
             failed_beats: 0,
             breaker_was_open: false,
@@ -70,7 +77,7 @@ impl BeatLoop {
 
     /// Runs on the current thread until a stop is requested, then sends the final row.
     pub fn run_blocking(self) {
-        let inner = Arc::clone(&self.inner);
+        let shared = Arc::clone(&self.shared);
         match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -78,22 +85,22 @@ impl BeatLoop {
             Ok(runtime) => runtime.block_on(self.run()),
             Err(e) => {
                 tracing::error!("heartbeat: cannot start its runtime, not reporting: {e}");
-                inner.mark_done(false);
+                shared.mark_done(false);
             }
         }
     }
 
-    async fn run(mut self) {
+    pub async fn run(mut self) {
         tracing::info!(
             worker = %self.identity.worker_name,
             "heartbeat: reporting to {} every {} s",
             self.transport.describe(),
             self.identity.interval.as_secs()
         );
-        let mut stop = self.inner.subscribe_stop();
+        let mut stop = self.shared.subscribe_stop();
         let mut next_beat = Instant::now();
         loop {
-            let following = next_beat + jittered(self.identity.interval, fastrand::f64());
+            let following = next_beat + jittered(self.identity.interval, self.rng.f64());
             tokio::select! {
                 biased;
                 _ = stop.wait_for(Option::is_some) => break,
@@ -108,7 +115,7 @@ impl BeatLoop {
         }
         let final_state = stop.borrow().clone().unwrap_or_default();
         let delivered = self.send_final(&final_state).await;
-        self.inner.mark_done(delivered);
+        self.shared.mark_done(delivered);
     }
 
     /// One beat: send, retrying what can be retried, and give up before the
@@ -140,7 +147,7 @@ impl BeatLoop {
                 }
                 Err(e) => {
                     self.log_failure(&e);
-                    let delay = backoff.next_delay(fastrand::f64());
+                    let delay = backoff.next_delay(self.rng.f64());
                     let last = attempt == MAX_TRIES_PER_BEAT;
                     if last || !e.is_retryable() || Instant::now() + delay >= next_beat {
                         break;
@@ -154,18 +161,15 @@ impl BeatLoop {
 
     /// Logs the breaker opening (once per transition, at most every 5 minutes).
     fn note_breaker(&mut self) {
-        let open = self.inner.counters.circuit_open();
+        let open = self.shared.counters.circuit_open();
         if open
             && !self.breaker_was_open
-            && self
-                .breaker_logs
-                .allow("breaker", std::time::Instant::now())
-                .is_some()
+            && self.breaker_logs.allow("breaker", Instant::now()).is_some()
         {
             tracing::warn!(
                 worker = %self.identity.worker_name,
                 "heartbeat: circuit breaker open after {} errors in a row; the row says crashed until a job succeeds or reset_circuit() is called",
-                self.inner.counters.consecutive_errors()
+                self.shared.counters.consecutive_errors()
             );
         }
         self.breaker_was_open = open;
@@ -173,7 +177,7 @@ impl BeatLoop {
 
     async fn send_final(&mut self, state: &FinalState) -> bool {
         let row = self.build_row(Some(state));
-        let budget = self.inner.shutdown_budget;
+        let budget = self.shared.shutdown_budget;
         match timeout(budget, self.transport.send(&row)).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
@@ -188,7 +192,7 @@ impl BeatLoop {
     }
 
     fn log_failure(&mut self, e: &SendError) {
-        if let Some(held) = self.logs.allow(&e.log_key(), std::time::Instant::now()) {
+        if let Some(held) = self.logs.allow(&e.log_key(), Instant::now()) {
             let repeats = if held > 0 {
                 format!(" ({held} more like it since the last report)")
             } else {
@@ -199,7 +203,7 @@ impl BeatLoop {
     }
 
     pub(crate) fn build_row(&mut self, final_state: Option<&FinalState>) -> WorkerRow {
-        let counters = self.inner.counters.snapshot();
+        let counters = self.shared.counters.snapshot();
         let sample = self.probe.sample();
         let id = &self.identity;
         let uptime = id.started.elapsed();
@@ -244,11 +248,6 @@ impl BeatLoop {
             heartbeat_interval_seconds: u32::try_from(id.interval.as_secs()).unwrap_or(u32::MAX),
         }
     }
-}
-
-/// Now, at the precision PostgreSQL keeps, so a row reads back as sent.
-pub(crate) fn now_micros() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
 }
 
 /// `interval` moved by up to ±10%, so a fleet started together spreads out.

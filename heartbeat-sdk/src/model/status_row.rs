@@ -5,85 +5,104 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::health::{derive_health, Health};
-use crate::row::WorkerStatus;
+use crate::model::health::{derive_health, Health};
+use crate::model::row::WorkerStatus;
 
 /// One worker's row, read back from Supabase or the local store.
+///
+/// Columns this version does not know (added by a newer migration, or by
+/// you) are kept in `extra`, so nothing read is lost when it is shown again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StatusRow {
     /// Primary key.
     pub worker_name: String,
     /// `unknown`, `running`, `stopped`, `crashed` (anything else reads as unknown).
-    #[serde(default)]
     pub status: Option<String>,
     /// The store's clock at the last write.
-    #[serde(default)]
     pub last_heartbeat: Option<DateTime<Utc>>,
+    /// The worker's own clock at its last beat (diagnosis only).
+    pub client_heartbeat: Option<DateTime<Utc>>,
     /// Jobs done.
-    #[serde(default)]
     pub jobs_processed: Option<i64>,
     /// Jobs failed.
-    #[serde(default)]
     pub error_count: Option<i64>,
     /// Breaker state.
-    #[serde(default)]
     pub circuit_breaker_open: Option<bool>,
     /// Free-form metadata.
-    #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
     /// Process id.
-    #[serde(default)]
     pub pid: Option<i64>,
     /// Host.
-    #[serde(default)]
     pub hostname: Option<String>,
     /// Start of this instance.
-    #[serde(default)]
     pub started_at: Option<DateTime<Utc>>,
     /// Seconds since start, at the last beat.
-    #[serde(default)]
     pub uptime_seconds: Option<i64>,
     /// Resident memory.
-    #[serde(default)]
     pub memory_rss_bytes: Option<i64>,
     /// CPU percent of one core.
-    #[serde(default)]
     pub cpu_percent: Option<f64>,
     /// The worker's version.
-    #[serde(default)]
     pub version: Option<String>,
     /// What reported.
-    #[serde(default)]
     pub reporter: Option<String>,
+    /// Random per start of the reporter.
+    pub instance_id: Option<String>,
     /// Errors in a row.
-    #[serde(default)]
     pub consecutive_errors: Option<i64>,
     /// Last error message.
-    #[serde(default)]
     pub last_error: Option<String>,
     /// Exit code of the worker (sidecar).
-    #[serde(default)]
     pub exit_code: Option<i64>,
     /// Signal that ended the worker (sidecar).
-    #[serde(default)]
     pub exit_signal: Option<i64>,
     /// Beat interval.
-    #[serde(default)]
     pub heartbeat_interval_seconds: Option<u32>,
+    /// The store's clock at the last write of any kind.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// Every other column, as read.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 impl StatusRow {
-    /// The `status` column as an enum; unknown values read as `Unknown`.
-    pub fn worker_status(&self) -> WorkerStatus {
-        match self.status.as_deref() {
-            Some("running") => WorkerStatus::Running,
-            Some("stopped") => WorkerStatus::Stopped,
-            Some("crashed") => WorkerStatus::Crashed,
-            _ => WorkerStatus::Unknown,
+    /// A row with only a name, for building test fixtures.
+    pub fn named(worker_name: impl Into<String>) -> Self {
+        StatusRow {
+            worker_name: worker_name.into(),
+            status: None,
+            last_heartbeat: None,
+            client_heartbeat: None,
+            jobs_processed: None,
+            error_count: None,
+            circuit_breaker_open: None,
+            metadata: None,
+            pid: None,
+            hostname: None,
+            started_at: None,
+            uptime_seconds: None,
+            memory_rss_bytes: None,
+            cpu_percent: None,
+            version: None,
+            reporter: None,
+            instance_id: None,
+            consecutive_errors: None,
+            last_error: None,
+            exit_code: None,
+            exit_signal: None,
+            heartbeat_interval_seconds: None,
+            updated_at: None,
+            extra: Map::new(),
         }
     }
 
-    /// Health at `now` (see [`derive_health`]).
+    /// The `status` column as an enum; unknown values read as `Unknown`.
+    pub fn worker_status(&self) -> WorkerStatus {
+        WorkerStatus::parse(self.status.as_deref())
+    }
+
+    /// Health at `now`, by the same rule as the SQL view `hp_worker_health`.
     pub fn health(&self, now: DateTime<Utc>) -> Health {
         derive_health(
             self.worker_status(),
@@ -95,8 +114,7 @@ impl StatusRow {
 
     /// Unhealthy for monitoring: stale, crashed, or the breaker open.
     pub fn needs_attention(&self, now: DateTime<Utc>) -> bool {
-        matches!(self.health(now), Health::Stale | Health::Crashed)
-            || self.circuit_breaker_open == Some(true)
+        self.health(now).needs_attention() || self.circuit_breaker_open == Some(true)
     }
 }
 
@@ -107,11 +125,15 @@ mod tests {
     #[test]
     fn reads_a_seed_row_with_nulls_and_missing_columns() {
         let row: StatusRow = serde_json::from_value(serde_json::json!({
-            "worker_name": "old", "status": null, "jobs_processed": 3, "last_heartbeat": "2026-11-23T05:58:18.547+00:00"
+            "worker_name": "old", "status": null, "jobs_processed": 3,
+            "last_heartbeat": "2026-11-23T05:58:18.547+00:00", "custom_column": 7
         }))
         .expect("lenient");
         assert_eq!(row.worker_status(), WorkerStatus::Unknown);
         assert_eq!(row.jobs_processed, Some(3));
         assert!(row.last_heartbeat.is_some());
+        assert_eq!(row.extra["custom_column"], 7, "unknown columns are kept");
+        let back = serde_json::to_value(&row).expect("serializes");
+        assert_eq!(back["custom_column"], 7);
     }
 }

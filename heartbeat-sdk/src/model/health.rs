@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::row::WorkerStatus;
+use crate::model::row::WorkerStatus;
 
 /// What a reader concludes about a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -34,23 +34,23 @@ impl Health {
         }
     }
 
-    /// Healthy for monitoring purposes (`status` exits 0): running or cleanly stopped.
-    pub fn is_healthy(self) -> bool {
-        matches!(self, Health::Running | Health::Stopped)
+    /// Whether monitoring should say so (`status` exits 1).
+    pub fn needs_attention(self) -> bool {
+        matches!(self, Health::Stale | Health::Crashed)
     }
 }
 
 /// How many beat intervals may pass before a running worker counts as stale.
-pub const STALE_AFTER_INTERVALS: f64 = 2.5;
+pub(crate) const STALE_AFTER_INTERVALS: f64 = 2.5;
 
 /// Interval assumed for rows that do not say theirs (seed rows).
-pub const DEFAULT_INTERVAL_SECONDS: u32 = 30;
+pub(crate) const DEFAULT_INTERVAL_SECONDS: u32 = 30;
 
 /// Derives a worker's health. Keep equal to the SQL view `hp_worker_health`.
 ///
 /// A row is stale when `now - last_heartbeat > 2.5 * interval`; exactly at the
 /// boundary it is still fresh.
-pub fn derive_health(
+pub(crate) fn derive_health(
     status: WorkerStatus,
     last_heartbeat: Option<DateTime<Utc>>,
     interval_seconds: Option<u32>,

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use reqwest::Url;
 
-use crate::config::{env, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
-use crate::error::ConfigError;
-use crate::key::ApiKey;
-use crate::postgrest::{PostgrestConfig, PostgrestTransport};
-use crate::sqlite::SqliteStore;
+use crate::config::env;
+use crate::model::error::ConfigError;
+use crate::model::key::ApiKey;
+use crate::transport::postgrest::{PostgrestClient, PostgrestConfig};
+use crate::transport::sqlite::SqliteStore;
 use crate::transport::Transport;
 
 /// `HP_STORE`: which store to use.
@@ -45,7 +45,7 @@ pub enum Target {
 }
 
 impl Target {
-    /// Where rows go, for the one log line at start.
+    /// Where rows go, for the one log line at start and for messages.
     pub fn describe(&self) -> String {
         match self {
             Target::Supabase(c) => format!("Supabase at {}", c.url.origin().ascii_serialization()),
@@ -54,35 +54,46 @@ impl Target {
     }
 
     pub(crate) fn into_transport(self, reporter: &str) -> Result<Box<dyn Transport>, ConfigError> {
-        match self {
-            Target::Supabase(config) => PostgrestTransport::new(&config, reporter)
-                .map(|t| Box::new(t) as Box<dyn Transport>)
-                .map_err(|e| ConfigError::InvalidUrl {
-                    value: config.url.to_string(),
-                    reason: e.to_string(),
-                }),
-            Target::Local(path) => Ok(Box::new(SqliteStore::new(path))),
-        }
+        Ok(match self {
+            Target::Supabase(config) => Box::new(PostgrestClient::new(&config, reporter)?),
+            // The default path's directory is ours to create; a path the
+            // user chose must already have one.
+            Target::Local(path) if path == default_local_path() => {
+                Box::new(SqliteStore::at_default_path(path))
+            }
+            Target::Local(path) => Box::new(SqliteStore::new(path)),
+        })
     }
 }
 
-/// Connection settings, filled from the environment where left unset.
+/// An API key and where it came from (an environment variable's name, or the builder).
 #[derive(Clone)]
+pub(crate) struct KeySetting {
+    pub key: ApiKey,
+    pub source: String,
+}
+
+/// Where rows go and how to reach it: the Supabase URL, key and schema, or
+/// the local store. Set what you know; [`from_env`](Self::from_env) fills the rest.
+///
+/// ```
+/// let settings = heartbeat_sdk::StoreSettings::default()
+///     .local_store("/tmp/hp-example.db")
+///     .from_env();
+/// assert!(settings.describe().contains("hp-example.db"));
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
 pub struct StoreSettings {
-    /// `SUPABASE_URL`.
-    pub url: Option<String>,
-    /// The key and where it came from (an env variable name, or "builder").
-    pub key: Option<(ApiKey, String)>,
-    /// `HP_SUPABASE_SCHEMA` (default `public`).
-    pub schema: Option<String>,
-    /// `HP_STORE`.
-    pub store: Option<StoreChoice>,
-    /// `HP_ALLOW_INSECURE_HTTP`.
-    pub allow_insecure_http: Option<bool>,
-    /// TCP + TLS connect timeout.
-    pub connect_timeout: Duration,
-    /// Whole-request timeout.
-    pub request_timeout: Duration,
+    pub(crate) url: Option<String>,
+    pub(crate) key: Option<KeySetting>,
+    pub(crate) schema: Option<String>,
+    pub(crate) store: Option<StoreChoice>,
+    pub(crate) allow_insecure_http: Option<bool>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) request_timeout: Duration,
+    /// The first malformed environment value seen, reported by `resolve`.
+    pub(crate) env_error: Option<ConfigError>,
 }
 
 impl Default for StoreSettings {
@@ -93,8 +104,9 @@ impl Default for StoreSettings {
             schema: None,
             store: None,
             allow_insecure_http: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: env::DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: env::DEFAULT_REQUEST_TIMEOUT,
+            env_error: None,
         }
     }
 }
@@ -103,7 +115,7 @@ impl fmt::Debug for StoreSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreSettings")
             .field("url", &self.url)
-            .field("key", &self.key.as_ref().map(|(k, source)| (k, source)))
+            .field("key", &self.key.as_ref().map(|k| (&k.key, &k.source)))
             .field("schema", &self.schema)
             .field("store", &self.store)
             .finish_non_exhaustive()
@@ -111,21 +123,77 @@ impl fmt::Debug for StoreSettings {
 }
 
 impl StoreSettings {
+    /// The Supabase project URL, e.g. `https://abcdefgh.supabase.co`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// The API key, and where it came from (named in error messages).
+    pub fn key(mut self, key: impl Into<String>, source: impl Into<String>) -> Self {
+        self.key = Some(KeySetting {
+            key: ApiKey::new(key),
+            source: source.into(),
+        });
+        self
+    }
+
+    /// The schema holding `hp_worker_status` (default `public`).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = Some(schema.into());
+        self
+    }
+
+    /// Where rows go, as `HP_STORE` says it (for the sidecar's `--store`).
+    #[doc(hidden)]
+    pub fn store(mut self, choice: StoreChoice) -> Self {
+        self.store = Some(choice);
+        self
+    }
+
+    /// The local SQLite store at `path`, whatever else is set.
+    pub fn local_store(mut self, path: impl Into<PathBuf>) -> Self {
+        self.store = Some(StoreChoice::Local(Some(path.into())));
+        self
+    }
+
+    /// Allows `http://` to a non-loopback host (the key then crosses the network in clear).
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = Some(allow);
+        self
+    }
+
+    /// TCP + TLS connect timeout (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Whole-request timeout (default 10 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// Fills unset fields from the process environment.
     pub fn from_env(self) -> Self {
         self.apply_env(|name| std::env::var(name).ok())
     }
 
     /// Fills unset fields from `get` (empty values count as unset).
+    #[doc(hidden)]
     pub fn apply_env(mut self, get: impl Fn(&str) -> Option<String>) -> Self {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         if self.url.is_none() {
             self.url = get(env::URL);
         }
         if self.key.is_none() {
-            self.key = env::KEYS
-                .iter()
-                .find_map(|var| get(var).map(|k| (ApiKey::new(k.trim()), (*var).to_owned())));
+            self.key = env::KEYS.iter().find_map(|var| {
+                get(var).map(|k| KeySetting {
+                    key: ApiKey::new(k.trim()),
+                    source: (*var).to_owned(),
+                })
+            });
         }
         if self.schema.is_none() {
             self.schema = get(env::SCHEMA);
@@ -134,63 +202,77 @@ impl StoreSettings {
             self.store = get(env::STORE).map(|v| StoreChoice::parse(&v));
         }
         if self.allow_insecure_http.is_none() {
-            self.allow_insecure_http =
-                get(env::ALLOW_INSECURE_HTTP).map(|v| matches!(v.trim(), "1" | "true" | "yes"));
+            if let Some(raw) = get(env::ALLOW_INSECURE_HTTP) {
+                match env::parse_bool(&raw) {
+                    Some(b) => self.allow_insecure_http = Some(b),
+                    None => {
+                        self.env_error.get_or_insert(ConfigError::InvalidSetting {
+                            name: env::ALLOW_INSECURE_HTTP,
+                            value: raw,
+                            expected: env::BOOL_VALUES,
+                        });
+                    }
+                }
+            }
         }
         self
     }
 
+    /// Where rows would go, in words (or what is wrong with the settings).
+    pub fn describe(&self) -> String {
+        match self.resolve() {
+            Ok(target) => target.describe(),
+            Err(e) => format!("nowhere yet: {e}"),
+        }
+    }
+
     /// Picks the store: `HP_STORE` when set; else Supabase when `SUPABASE_URL`
     /// is set; else the local store at its default path.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the missing or malformed setting.
-    pub fn resolve(&self) -> Result<Target, ConfigError> {
+    pub(crate) fn resolve(&self) -> Result<Target, ConfigError> {
+        if let Some(e) = &self.env_error {
+            return Err(e.clone());
+        }
         match &self.store {
             Some(StoreChoice::Local(path)) => Ok(Target::Local(
-                path.clone().unwrap_or_else(Self::default_local_path),
+                path.clone().unwrap_or_else(default_local_path),
             )),
             Some(StoreChoice::Supabase) => self.postgrest_config().map(Target::Supabase),
             None if self.url.is_some() => self.postgrest_config().map(Target::Supabase),
             // A key with no URL is a half-done Supabase setup, not a wish for the local store.
             None => match &self.key {
-                Some((_, source)) => Err(ConfigError::KeyWithoutUrl {
-                    source_name: source.clone(),
+                Some(k) => Err(ConfigError::KeyWithoutUrl {
+                    source_name: k.source.clone(),
                 }),
-                None => Ok(Target::Local(Self::default_local_path())),
+                None => Ok(Target::Local(default_local_path())),
             },
         }
     }
 
-    /// `$XDG_STATE_HOME/hp-heartbeat/heartbeat.db`, else
-    /// `$HOME/.local/state/hp-heartbeat/heartbeat.db`, else under the temp dir.
-    pub fn default_local_path() -> PathBuf {
-        let var = |n: &str| {
-            std::env::var_os(n)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let base = var("XDG_STATE_HOME")
-            .or_else(|| var("HOME").map(|h| h.join(".local/state")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("hp-heartbeat").join("heartbeat.db")
+    /// Where the key came from, and its kind (never the key), for `check`.
+    pub(crate) fn key_description(&self) -> Option<String> {
+        self.key
+            .as_ref()
+            .map(|k| format!("{:?} from {}", k.key, k.source))
     }
 
-    /// The checked Supabase settings.
-    ///
-    /// # Errors
-    /// [`ConfigError`] for a missing or malformed URL, key or schema.
-    pub fn postgrest_config(&self) -> Result<PostgrestConfig, ConfigError> {
+    fn postgrest_config(&self) -> Result<PostgrestConfig, ConfigError> {
         let raw_url = self.url.as_deref().ok_or(ConfigError::MissingUrl)?;
         let url = parse_url(raw_url, self.allow_insecure_http.unwrap_or(false))?;
-        let (key, source_name) = self.key.clone().ok_or(ConfigError::MissingKey)?;
+        let KeySetting { key, source } = self.key.clone().ok_or(ConfigError::MissingKey)?;
         if !key.is_header_safe() {
-            return Err(ConfigError::MalformedKey { source_name });
+            return Err(ConfigError::MalformedKey {
+                source_name: source,
+            });
         }
         if key.is_publishable() {
-            return Err(ConfigError::PublishableKey { source_name });
+            return Err(ConfigError::PublishableKey {
+                source_name: source,
+            });
         }
-        let schema = self.schema.clone().unwrap_or_else(|| "public".into());
+        let schema = self
+            .schema
+            .clone()
+            .unwrap_or_else(|| env::DEFAULT_SCHEMA.into());
         let ident = !schema.is_empty()
             && schema.len() <= 63
             && !schema.starts_with(|c: char| c.is_ascii_digit())
@@ -208,6 +290,20 @@ impl StoreSettings {
             request_timeout: self.request_timeout,
         })
     }
+}
+
+/// `$XDG_STATE_HOME/hp-heartbeat/heartbeat.db`, else
+/// `$HOME/.local/state/hp-heartbeat/heartbeat.db`, else under the temp dir.
+pub(crate) fn default_local_path() -> PathBuf {
+    let var = |n: &str| {
+        std::env::var_os(n)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let base = var("XDG_STATE_HOME")
+        .or_else(|| var("HOME").map(|h| h.join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("hp-heartbeat").join("heartbeat.db")
 }
 
 fn parse_url(raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
@@ -350,6 +446,11 @@ mod tests {
             .unwrap_or_default();
         assert!(e.contains("publishable") && !e.contains("FAKE"), "{e}");
         assert!(!format!("{:?}", with_key("sb_secret_FAKE_never")).contains("FAKE"));
+        let k = with_key("sb_secret_FAKE_never").key_description();
+        assert_eq!(
+            k.as_deref(),
+            Some("ApiKey(<redacted sb_secret>) from SUPABASE_SECRET_KEY")
+        );
     }
 
     #[test]
@@ -363,5 +464,23 @@ mod tests {
             s.resolve(),
             Err(ConfigError::InvalidSchema { .. })
         ));
+    }
+
+    #[test]
+    fn a_malformed_boolean_names_the_variable_and_the_grammar() {
+        let e = settings(&[("HP_ALLOW_INSECURE_HTTP", "maybe")])
+            .resolve()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("HP_ALLOW_INSECURE_HTTP") && e.contains("\"maybe\"") && e.contains("yes"),
+            "{e}"
+        );
+        assert_eq!(
+            settings(&[("HP_ALLOW_INSECURE_HTTP", "on")]).allow_insecure_http,
+            Some(true)
+        );
     }
 }

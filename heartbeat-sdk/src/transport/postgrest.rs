@@ -1,0 +1,411 @@
+//! Supabase's REST API (PostgREST): one client that upserts a row the way
+//! supabase-js's `upsert` does, and reads the table back.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::Url;
+use serde::Deserialize;
+
+use crate::model::error::{ConfigError, ReadError, SendError};
+use crate::model::key::ApiKey;
+use crate::model::row::WorkerRow;
+use crate::model::status_row::StatusRow;
+use crate::model::text::truncate_message;
+use crate::transport::{SendFuture, Transport};
+
+/// The table every row goes to.
+pub(crate) const TABLE: &str = "hp_worker_status";
+
+/// Where and how to reach PostgREST.
+#[derive(Debug, Clone)]
+pub struct PostgrestConfig {
+    /// Project URL, e.g. `https://abcdefgh.supabase.co` (no `/rest/v1`).
+    pub url: Url,
+    /// Secret, service_role, or a worker-scoped JWT.
+    pub(crate) key: ApiKey,
+    /// Schema holding the table (`Content-Profile` / `Accept-Profile`).
+    pub schema: String,
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+}
+
+/// One HTTP client (connections are reused) for every request to the table.
+pub(crate) struct PostgrestClient {
+    client: reqwest::Client,
+    table: Url,
+    schema: HeaderValue,
+    request_timeout: Duration,
+    origin: String,
+}
+
+impl std::fmt::Debug for PostgrestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgrestClient")
+            .field("table", &self.table.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgrestClient {
+    /// Builds the client; `agent` is sent as `User-Agent` and `X-Client-Info`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the key or schema cannot be sent as a header, or
+    /// the TLS backend cannot start.
+    pub fn new(config: &PostgrestConfig, agent: &str) -> Result<Self, ConfigError> {
+        let mut headers = HeaderMap::new();
+        let bad_key = || ConfigError::MalformedKey {
+            source_name: "the configured key".into(),
+        };
+        // `apikey` always; `Authorization: Bearer` only for JWT keys (Supabase
+        // rejects `sb_secret_` keys as a bearer token). Both marked sensitive.
+        let mut key = HeaderValue::from_str(config.key.expose()).map_err(|_| bad_key())?;
+        key.set_sensitive(true);
+        headers.insert("apikey", key);
+        if config.key.is_jwt() {
+            let mut bearer = HeaderValue::from_str(&format!("Bearer {}", config.key.expose()))
+                .map_err(|_| bad_key())?;
+            bearer.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        }
+        if let Ok(v) = HeaderValue::from_str(agent) {
+            headers.insert("x-client-info", v);
+        }
+        let schema =
+            HeaderValue::from_str(&config.schema).map_err(|_| ConfigError::InvalidSchema {
+                value: config.schema.clone(),
+            })?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(agent)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
+        let mut table = config.url.clone();
+        table.set_path(&format!(
+            "{}/rest/v1/{TABLE}",
+            config.url.path().trim_end_matches('/')
+        ));
+        Ok(PostgrestClient {
+            client,
+            table,
+            schema,
+            request_timeout: config.request_timeout,
+            origin: config.url.origin().ascii_serialization(),
+        })
+    }
+
+    /// Upserts one row: `POST /rest/v1/hp_worker_status?on_conflict=worker_name`.
+    pub async fn upsert(&self, row: &WorkerRow) -> Result<(), SendError> {
+        let body = serde_json::to_vec(row)
+            .map_err(|e| SendError::Store(format!("cannot serialize the row: {e}")))?;
+        let mut url = self.table.clone();
+        url.set_query(Some("on_conflict=worker_name"));
+        let response = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("content-profile", self.schema.clone())
+            .header("prefer", "resolution=merge-duplicates,return=minimal")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.connection_error(e).into_send())?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(classify(status, &body).into_send())
+    }
+
+    /// Every row, ordered by worker name, with the server's clock (its `Date`
+    /// header) so that staleness does not depend on the reader's clock.
+    pub async fn select_status(
+        &self,
+    ) -> Result<(Vec<StatusRow>, Option<DateTime<Utc>>), ReadError> {
+        let mut url = self.table.clone();
+        url.set_query(Some("select=*&order=worker_name.asc"));
+        let response = self
+            .client
+            .get(url)
+            .header("accept-profile", self.schema.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| self.connection_error(e).into_read())?;
+        let status = response.status().as_u16();
+        let server_now = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
+            .map(|d| d.with_timezone(&Utc));
+        let body = response.bytes().await.unwrap_or_default();
+        if !(200..300).contains(&status) {
+            return Err(classify(status, &body).into_read());
+        }
+        let rows: Vec<StatusRow> =
+            serde_json::from_slice(&body).map_err(|e| ReadError::Unparsable(e.to_string()))?;
+        Ok((rows, server_now))
+    }
+
+    fn connection_error(&self, e: reqwest::Error) -> Failure {
+        if e.is_timeout() {
+            Failure::Timeout(self.request_timeout)
+        } else {
+            // The URL holds no secret; strip it anyway to keep messages short.
+            Failure::Connect(e.without_url().to_string())
+        }
+    }
+}
+
+impl Transport for PostgrestClient {
+    fn send<'a>(&'a mut self, row: &'a WorkerRow) -> SendFuture<'a> {
+        Box::pin(self.upsert(row))
+    }
+
+    fn describe(&self) -> String {
+        format!("Supabase at {}", self.origin)
+    }
+}
+
+/// PostgREST's error body; Supabase's gateway sends only `message` (and `hint`).
+#[derive(Debug, Default, Deserialize)]
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+    hint: Option<String>,
+}
+
+/// What went wrong with one request, before it is worded for a send or a read.
+#[derive(Debug)]
+enum Failure {
+    Answer {
+        kind: AnswerKind,
+        status: u16,
+        code: String,
+        message: String,
+        hint: String,
+    },
+    Timeout(Duration),
+    Connect(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerKind {
+    Unauthorized,
+    PermissionDenied,
+    TableMissing,
+    UnknownColumn,
+    SchemaReloading,
+    Server,
+    Other,
+}
+
+/// Sorts a non-2xx answer by what the user can do about it.
+fn classify(status: u16, body: &[u8]) -> Failure {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let code = parsed.code.unwrap_or_default();
+    let message = parsed.message.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            "(no message)".to_owned()
+        } else {
+            truncate_message(text, 200)
+        }
+    });
+    let kind = match (status, code.as_str()) {
+        (_, "42501") => AnswerKind::PermissionDenied,
+        (401, _) => AnswerKind::Unauthorized,
+        (404, "PGRST205" | "42P01") => AnswerKind::TableMissing,
+        (400, "PGRST204") => AnswerKind::UnknownColumn,
+        (503, "PGRST002") => AnswerKind::SchemaReloading,
+        (429, _) | (500..=599, _) => AnswerKind::Server,
+        _ => AnswerKind::Other,
+    };
+    let hint = parsed.hint.unwrap_or_else(|| match code.as_str() {
+        "23514" => "a value broke a CHECK constraint of the table".into(),
+        "23502" => "a required column was empty".into(),
+        "PGRST102" => "the body was not valid JSON".into(),
+        "" if status == 404 => "is SUPABASE_URL the project URL, without a path?".into(),
+        _ => "see the message".into(),
+    });
+    Failure::Answer {
+        kind,
+        status,
+        code,
+        message,
+        hint,
+    }
+}
+
+impl Failure {
+    fn into_send(self) -> SendError {
+        match self {
+            Failure::Timeout(d) => SendError::Timeout(d),
+            Failure::Connect(m) => SendError::Connect(m),
+            Failure::Answer {
+                kind,
+                status,
+                code,
+                message,
+                hint,
+            } => match kind {
+                AnswerKind::Unauthorized => SendError::Unauthorized {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::PermissionDenied => SendError::PermissionDenied {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::TableMissing => SendError::TableMissing {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::UnknownColumn => SendError::UnknownColumn {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::SchemaReloading => SendError::SchemaReloading {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::Server => SendError::Server {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::Other => SendError::Rejected {
+                    status,
+                    code,
+                    message,
+                    hint,
+                },
+            },
+        }
+    }
+
+    fn into_read(self) -> ReadError {
+        match self {
+            Failure::Timeout(d) => ReadError::Timeout(d),
+            Failure::Connect(m) => ReadError::Connect(m),
+            Failure::Answer {
+                kind,
+                status,
+                code,
+                message,
+                hint,
+            } => match kind {
+                AnswerKind::Unauthorized => ReadError::Unauthorized {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::PermissionDenied => ReadError::PermissionDenied {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::TableMissing => ReadError::TableMissing {
+                    status,
+                    code,
+                    message,
+                },
+                AnswerKind::SchemaReloading => ReadError::Refused {
+                    status,
+                    code,
+                    message,
+                    hint: "PostgREST is reloading its schema cache: try again in a moment".into(),
+                },
+                AnswerKind::Server => ReadError::Refused {
+                    status,
+                    code,
+                    message,
+                    hint: "the server failed: try again in a moment".into(),
+                },
+                AnswerKind::UnknownColumn | AnswerKind::Other => ReadError::Refused {
+                    status,
+                    code,
+                    message,
+                    hint,
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(code: &str, message: &str) -> Vec<u8> {
+        serde_json::json!({"code": code, "details": null, "hint": null, "message": message})
+            .to_string()
+            .into_bytes()
+    }
+
+    type Case = (u16, Vec<u8>, fn(&SendError) -> bool);
+
+    #[test]
+    fn classifies_postgrest_errors() {
+        let cases: Vec<Case> = vec![
+            (401, body("PGRST301", "Expected 3 parts in JWT; got 1"), |e| matches!(e, SendError::Unauthorized { .. })),
+            (401, body("PGRST303", "JWT expired"), |e| matches!(e, SendError::Unauthorized { .. })),
+            (401, br#"{"message":"Invalid API key","hint":"Double check your Supabase `anon` or `service_role` API key."}"#.to_vec(), |e| matches!(e, SendError::Unauthorized { .. })),
+            (401, body("42501", "permission denied for table hp_worker_status"), |e| matches!(e, SendError::PermissionDenied { .. })),
+            (403, body("42501", "new row violates row-level security policy"), |e| matches!(e, SendError::PermissionDenied { .. })),
+            (404, body("PGRST205", "Could not find the table 'public.hp_worker_status' in the schema cache"), |e| matches!(e, SendError::TableMissing { .. })),
+            (404, body("42P01", "relation \"public.hp_worker_status\" does not exist"), |e| matches!(e, SendError::TableMissing { .. })),
+            (400, body("PGRST204", "Could not find the 'exit_signal' column"), |e| matches!(e, SendError::UnknownColumn { .. })),
+            (503, body("PGRST002", "Could not query the database for the schema cache. Retrying."), |e| matches!(e, SendError::SchemaReloading { .. })),
+            (504, body("PGRST003", "Timed out acquiring connection from connection pool."), |e| matches!(e, SendError::Server { .. })),
+            (400, body("23514", "new row violates check constraint"), |e| matches!(e, SendError::Rejected { .. })),
+            (502, b"<html>Bad Gateway</html>".to_vec(), |e| matches!(e, SendError::Server { .. })),
+        ];
+        for (status, b, check) in cases {
+            let e = classify(status, &b).into_send();
+            assert!(
+                check(&e),
+                "{status} {} -> {e:?}",
+                String::from_utf8_lossy(&b)
+            );
+        }
+    }
+
+    #[test]
+    fn retryable_only_when_waiting_can_help() {
+        let send = |status, b: &[u8]| classify(status, b).into_send();
+        assert!(send(503, &body("PGRST002", "x")).is_retryable());
+        assert!(send(500, b"").is_retryable());
+        assert!(!send(401, &body("PGRST301", "x")).is_retryable());
+        assert!(!send(404, &body("PGRST205", "x")).is_retryable());
+        assert!(!send(400, &body("PGRST204", "x")).is_retryable());
+    }
+
+    #[test]
+    fn messages_say_the_fix_and_reads_never_promise_a_retry() {
+        let e = classify(404, &body("PGRST205", "Could not find the table")).into_send();
+        assert!(e.to_string().contains("apply the migration"), "{e}");
+        let e = classify(400, &body("PGRST204", "Could not find the 'x' column")).into_send();
+        assert!(e.to_string().contains("older than the SDK"), "{e}");
+        for status in [500, 503, 429] {
+            let e = classify(status, &body("PGRST002", "x")).into_read();
+            assert!(!e.to_string().contains("retrying"), "{e}");
+        }
+        let e = classify(404, &body("PGRST205", "Could not find the table")).into_read();
+        assert!(matches!(e, ReadError::TableMissing { .. }), "{e:?}");
+    }
+}
