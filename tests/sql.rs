@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use heartbeat_sdk::sidecar::FinalState;
 use heartbeat_sdk::{Heartbeat, MemoryTransport, StatusRow, WorkerStatus};
+use hp_heartbeat_tests::eventually::eventually;
 use hp_heartbeat_tests::pg::{self, Database};
 use hp_heartbeat_tests::postgrest_sql::{self, COLUMN_TYPES_SQL};
 use serde_json::{json, Value};
@@ -29,10 +30,9 @@ fn sdk_rows() -> Vec<Value> {
         .expect("start");
     hb.job_succeeded();
     hb.job_failed("upstream said 502");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while store.rows().is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    eventually(Duration::from_secs(5), "a first beat", || {
+        (!store.rows().is_empty()).then_some(())
+    });
     heartbeat_sdk::sidecar::finish(
         &hb,
         FinalState::new(WorkerStatus::Crashed)

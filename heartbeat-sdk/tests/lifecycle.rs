@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use heartbeat_sdk::{Heartbeat, MemoryTransport, WorkerRow, WorkerStatus};
+use hp_heartbeat_tests::eventually::{eventually, poll_until};
 
 fn memory_heartbeat(name: &str, interval_secs: u64) -> (Heartbeat, MemoryTransport) {
     let store = MemoryTransport::new();
@@ -24,14 +25,7 @@ fn wait_for_row(
     timeout: Duration,
     want: impl Fn(&WorkerRow) -> bool,
 ) -> Option<WorkerRow> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(row) = store.rows().into_iter().find(|r| want(r)) {
-            return Some(row);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    poll_until(timeout, || store.rows().into_iter().find(|r| want(r)))
 }
 
 #[test]
@@ -132,11 +126,9 @@ fn works_from_plain_main_over_http() {
         .start()
         .expect("starts");
     hb.job_succeeded();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while recorder.times().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(!recorder.times().is_empty(), "first beat");
+    eventually(Duration::from_secs(5), "a first beat", || {
+        (!recorder.times().is_empty()).then_some(())
+    });
     assert!(hb.shutdown());
     let got = server_rt
         .block_on(server.received_requests())
@@ -194,7 +186,8 @@ fn drop_sends_stopped_within_the_budget_even_when_the_server_hangs() {
         .handle_signals(false)
         .start()
         .expect("starts");
-    std::thread::sleep(Duration::from_millis(100));
+    // The first beat is on the wire, hanging.
+    server_rt.block_on(wait_for_requests(&server, 1, Duration::from_secs(5)));
     let t0 = Instant::now();
     drop(hb);
     let took = t0.elapsed();

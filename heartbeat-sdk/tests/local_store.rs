@@ -3,10 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use heartbeat_sdk::sidecar::{FinalState, SqliteStore};
 use heartbeat_sdk::{Heartbeat, SendError, WorkerRow, WorkerStatus};
+use hp_heartbeat_tests::eventually::poll_until;
 
 /// A real row as the SDK builds it (final, so every field is set).
 fn template_row(state: FinalState) -> WorkerRow {
@@ -24,14 +25,11 @@ fn wait_rows(
     store: &SqliteStore,
     want: impl Fn(&[heartbeat_sdk::StatusRow]) -> bool,
 ) -> Vec<heartbeat_sdk::StatusRow> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    poll_until(Duration::from_secs(5), || {
         let rows = store.read_all().unwrap_or_default();
-        if want(&rows) || Instant::now() > deadline {
-            return rows;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        want(&rows).then_some(rows)
+    })
+    .unwrap_or_else(|| store.read_all().unwrap_or_default())
 }
 
 #[test]
@@ -190,7 +188,6 @@ fn keeps_running_with(path: &std::path::Path, expect_in_error: &str) {
         .start()
         .expect("starts anyway");
     hb.job_succeeded();
-    std::thread::sleep(Duration::from_millis(100));
     assert!(
         !hb.shutdown(),
         "the final row cannot be stored, and that is all"

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use hp_heartbeat_tests::eventually::poll_until;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -44,15 +45,11 @@ fn spawn_child(server: &MockServer) -> Child {
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let status = poll_until(timeout, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
     }
-    let _ = child.kill();
-    None
+    status
 }
 
 fn signal(child: &Child, sig: i32) {

@@ -94,7 +94,7 @@ async fn check_leaves_a_live_workers_row_alone() {
         .start()
         .expect("start");
     hb.job_succeeded();
-    std::thread::sleep(Duration::from_millis(300));
+    wait_local_row(&db, "live-worker");
     let mut cmd = sidecar();
     cmd.env("HP_STORE", &db)
         .args(["check", "--name", "live-worker"]);
@@ -151,7 +151,7 @@ async fn status_exits_0_for_a_healthy_fleet_and_2_when_it_cannot_read() {
         .handle_signals(false)
         .start()
         .expect("start");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_local_row(&db, "healthy");
     let mut cmd = sidecar();
     cmd.env("HP_STORE", &db).arg("status");
     assert_eq!(

@@ -4,9 +4,10 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
+use hp_heartbeat_tests::eventually::{eventually, poll_until};
 
 struct Tmux {
     session: String,
@@ -57,17 +58,12 @@ impl Tmux {
 
     /// Waits until the screen shows `needle`.
     fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        match poll_until(Duration::from_secs(10), || {
             let screen = self.screen();
-            if screen.contains(needle) || Instant::now() > deadline {
-                assert!(
-                    screen.contains(needle),
-                    "{needle:?} never appeared:\n{screen}"
-                );
-                return screen;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            screen.contains(needle).then_some(screen)
+        }) {
+            Some(screen) => screen,
+            None => panic!("{needle:?} never appeared:\n{}", self.screen()),
         }
     }
 
@@ -134,9 +130,7 @@ fn watch_shows_rows_the_detail_pane_sorting_and_quits_on_q() {
     assert!(tmux.screen().contains("┌ crashed-worker"));
 
     tmux.keys("q");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tmux.alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!tmux.alive(), "q did not quit");
+    eventually(Duration::from_secs(5), "q quits the view", || {
+        (!tmux.alive()).then_some(())
+    });
 }

@@ -256,8 +256,164 @@ pub(crate) fn jittered(interval: Duration, unit: f64) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! The loop on a paused tokio clock, with a transport that answers from a
+    //! script: retries, jitter, giving up before the next beat, the breaker
+    //! log and the shutdown budget, proven exactly in virtual time.
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::beat::counters::Counters;
+    use crate::beat::probe::ProcessSample;
+    use crate::transport::SendFuture;
+
+    /// What the scripted transport does for one send.
+    #[derive(Debug, Clone)]
+    pub enum Step {
+        Ok,
+        Fail(SendError),
+        Hang,
+    }
+
+    /// Answers from a script (the last step repeats), recording each send.
+    #[derive(Clone, Default)]
+    pub struct Scripted {
+        script: Arc<Mutex<VecDeque<Step>>>,
+        pub sent: Arc<Mutex<Vec<(Instant, WorkerRow)>>>,
+    }
+
+    impl Scripted {
+        pub fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+            Scripted {
+                script: Arc::new(Mutex::new(steps.into_iter().collect())),
+                sent: Arc::default(),
+            }
+        }
+        pub fn times(&self, start: Instant) -> Vec<Duration> {
+            self.sent
+                .lock()
+                .map(|s| s.iter().map(|(t, _)| *t - start).collect())
+                .unwrap_or_default()
+        }
+        pub fn rows(&self) -> Vec<WorkerRow> {
+            self.sent
+                .lock()
+                .map(|s| s.iter().map(|(_, r)| r.clone()).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    impl Transport for Scripted {
+        fn send<'a>(&'a mut self, row: &'a WorkerRow) -> SendFuture<'a> {
+            if let Ok(mut sent) = self.sent.lock() {
+                sent.push((Instant::now(), row.clone()));
+            }
+            let step = {
+                let mut script = self.script.lock().expect("script");
+                if script.len() > 1 {
+                    script.pop_front()
+                } else {
+                    script.front().cloned()
+                }
+            };
+            Box::pin(async move {
+                match step.unwrap_or(Step::Ok) {
+                    Step::Ok => Ok(()),
+                    Step::Fail(e) => Err(e),
+                    Step::Hang => std::future::pending().await,
+                }
+            })
+        }
+        fn describe(&self) -> String {
+            "a script".into()
+        }
+    }
+
+    struct FixedProbe;
+    impl ProcessProbe for FixedProbe {
+        fn sample(&mut self) -> ProcessSample {
+            ProcessSample {
+                pid: Some(4242),
+                memory_rss_bytes: Some(1 << 20),
+                cpu_percent: Some(0.5),
+            }
+        }
+    }
+
+    pub fn server_error() -> SendError {
+        SendError::Server {
+            status: 503,
+            code: String::new(),
+            message: "unavailable".into(),
+        }
+    }
+
+    fn unauthorized() -> SendError {
+        SendError::Unauthorized {
+            status: 401,
+            code: "PGRST301".into(),
+            message: "JWT expired".into(),
+        }
+    }
+
+    /// A loop over `transport`, beating every `interval`, with a fixed seed.
+    pub fn beat_loop(transport: Scripted, interval: Duration, threshold: u32) -> BeatLoop {
+        let shared = Arc::new(Shared::new(
+            Counters::new(threshold, serde_json::Map::new()),
+            Duration::from_secs(1),
+        ));
+        let identity = Identity {
+            worker_name: "scripted".into(),
+            hostname: None,
+            started_at: now_micros(),
+            started: std::time::Instant::now(),
+            instance_id: "00000000-0000-0000-0000-000000000000".into(),
+            version: None,
+            reporter: "test".into(),
+            interval,
+        };
+        BeatLoop::new(
+            shared,
+            identity,
+            Box::new(transport),
+            Box::new(FixedProbe),
+            fastrand::Rng::with_seed(7),
+        )
+    }
+
+    /// Log lines written while `f` runs (on this thread).
+    pub struct Logs(Arc<Mutex<Vec<u8>>>);
+    impl Logs {
+        pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+            let buffer = Arc::new(Mutex::new(Vec::new()));
+            let writer = {
+                let buffer = Arc::clone(&buffer);
+                move || LogWriter(Arc::clone(&buffer))
+            };
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(writer)
+                .with_ansi(false)
+                .without_time()
+                .finish();
+            (Logs(buffer), tracing::subscriber::set_default(subscriber))
+        }
+        pub fn lines(&self, containing: &str) -> usize {
+            let text = String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned();
+            text.lines().filter(|l| l.contains(containing)).count()
+        }
+    }
+    struct LogWriter(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for LogWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("logs").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {
@@ -265,5 +421,156 @@ mod tests {
         assert_eq!(jittered(i, 0.0), Duration::from_secs(27));
         assert_eq!(jittered(i, 0.5), Duration::from_secs(30));
         assert!(jittered(i, 0.999_999) <= Duration::from_secs(33));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_beat_at_once_then_every_interval_within_jitter() {
+        let transport = Scripted::new([Step::Ok]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(30 * 20 + 1)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(
+            times.first(),
+            Some(&Duration::ZERO),
+            "the first beat goes out at start"
+        );
+        assert!(times.len() >= 19, "{times:?}");
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(
+                gap >= Duration::from_secs(27) && gap <= Duration::from_secs(33),
+                "gap {gap:?} outside 30 s ± 10%"
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis())
+            .collect();
+        assert!(distinct.len() > 5, "jitter varies the gaps: {distinct:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_failure_is_retried_with_backoff_at_most_four_times_per_beat() {
+        let transport = Scripted::new([Step::Fail(server_error())]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.len(), MAX_TRIES_PER_BEAT as usize, "{times:?}");
+        // Base 1 s (interval / 20, capped): equal jitter gives [0.5, 1), [1, 2), [2, 4).
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        for (gap, (lo, hi)) in gaps.iter().zip([(500, 1000), (1000, 2000), (2000, 4000)]) {
+            assert!(
+                *gap >= Duration::from_millis(lo) && *gap < Duration::from_millis(hi),
+                "{gaps:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn then_it_recovers_and_sends_the_newest_totals() {
+        let transport = Scripted::new([
+            Step::Fail(server_error()),
+            Step::Fail(server_error()),
+            Step::Ok,
+        ]);
+        let beat = beat_loop(transport.clone(), Duration::from_secs(30), 10);
+        let shared = Arc::clone(&beat.shared);
+        let task = tokio::spawn(beat.run());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shared.counters.job_succeeded();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        task.abort();
+        let rows = transport.rows();
+        assert_eq!(rows.len(), 3, "two failures, then delivered");
+        assert_eq!(rows[0].jobs_processed, 0);
+        assert_eq!(rows[2].jobs_processed, 1, "each retry rebuilds the row");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_waiting_cannot_fix_is_not_retried_within_the_beat() {
+        let transport = Scripted::new([Step::Fail(unauthorized())]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.len(), 4, "one send per beat: {times:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_send_is_given_up_when_the_next_beat_is_due() {
+        let transport = Scripted::new([Step::Hang, Step::Ok]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.len(), 2, "{times:?}");
+        assert!(
+            times[1] >= Duration::from_secs(27) && times[1] <= Duration::from_secs(33),
+            "the next beat goes out on time: {times:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_of_failures_logs_one_line_per_five_minutes() {
+        let (logs, _guard) = Logs::capture();
+        let transport = Scripted::new([Step::Fail(server_error())]);
+        let beat = beat_loop(transport.clone(), Duration::from_secs(30), 10);
+        let run = beat.run();
+        tokio::pin!(run);
+        let _ = tokio::time::timeout(Duration::from_secs(3600), &mut run).await;
+        let sends = transport.rows().len();
+        assert!(sends >= 118 * 4, "{sends} sends");
+        let lines = logs.lines("beat not stored");
+        assert!((12..=13).contains(&lines), "{lines} lines in an hour");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opening_is_logged_once_per_transition() {
+        let (logs, _guard) = Logs::capture();
+        let transport = Scripted::new([Step::Ok]);
+        let beat = beat_loop(transport.clone(), Duration::from_secs(1), 3);
+        let shared = Arc::clone(&beat.shared);
+        let run = beat.run();
+        tokio::pin!(run);
+        for _ in 0..3 {
+            shared.counters.job_failed();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut run).await;
+        assert_eq!(logs.lines("circuit breaker open"), 1);
+        assert!(transport
+            .rows()
+            .iter()
+            .skip(1)
+            .all(|r| r.circuit_breaker_open));
+        assert!(transport
+            .rows()
+            .iter()
+            .skip(1)
+            .all(|r| r.status == WorkerStatus::Crashed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_row_is_bounded_by_the_shutdown_budget() {
+        let transport = Scripted::new([Step::Ok, Step::Hang]);
+        let beat = beat_loop(transport.clone(), Duration::from_secs(30), 10);
+        let shared = Arc::clone(&beat.shared);
+        let task = tokio::spawn(beat.run());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let asked = Instant::now();
+        shared.request_stop(FinalState::default());
+        task.await.expect("the loop ends");
+        assert_eq!(
+            Instant::now() - asked,
+            Duration::from_secs(1),
+            "exactly the budget, not a moment more"
+        );
+        assert!(!shared.wait_done(Duration::ZERO), "not stored, and says so");
+        let last = transport.rows().pop().expect("final row");
+        assert_eq!(last.status, WorkerStatus::Stopped);
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hp_heartbeat_tests::eventually::poll_until_async;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -57,13 +58,14 @@ pub async fn accepting_server() -> (MockServer, Recorder) {
 
 /// Polls until the server has `n` requests or `timeout` passes.
 pub async fn wait_for_requests(server: &MockServer, n: usize, timeout: Duration) -> Vec<Request> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let enough = poll_until_async(timeout, || async {
         let got = server.received_requests().await.unwrap_or_default();
-        if got.len() >= n || Instant::now() >= deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        (got.len() >= n).then_some(got)
+    })
+    .await;
+    match enough {
+        Some(got) => got,
+        None => server.received_requests().await.unwrap_or_default(),
     }
 }
 
