@@ -153,6 +153,57 @@ fn upgrades_a_table_made_by_the_seed_keeping_its_rows() {
     upsert_as(&db, &service(), &a_row("new-worker")).expect("the SDK writes to the upgraded table");
 }
 
+/// The original seed guide made the table with RLS on and an "Allow all"
+/// policy: with the optional hp_reporter role, a reporter could then read and
+/// update every worker's row.
+#[test]
+fn upgrading_a_seed_table_drops_its_allow_all_policy_and_says_so() {
+    let Some(server) = pg::server() else { return };
+    let db = server.fresh_database("seedpolicy");
+    db.sql(
+        "create table public.hp_worker_status (
+           worker_name text primary key, status text, last_heartbeat timestamptz default now(),
+           jobs_processed integer default 0, error_count integer default 0,
+           circuit_breaker_open boolean default false, metadata jsonb default '{}');
+         alter table public.hp_worker_status enable row level security;
+         create policy \"Allow all\" on public.hp_worker_status for all using (true) with check (true);
+         grant all on public.hp_worker_status to anon, authenticated;
+         insert into public.hp_worker_status (worker_name, status) values ('other-worker', 'running');",
+    )
+    .expect("seed table with its policy");
+    let notices = db
+        .sql_with_notices(
+            &std::fs::read_to_string(
+                pg::repo_root().join("sql/20261123000001_hp_worker_status.sql"),
+            )
+            .expect("file"),
+        )
+        .expect("migrates");
+    assert!(
+        notices.contains("dropping policy \"Allow all\""),
+        "the NOTICE names the dropped policy: {notices}"
+    );
+    db.migrate(true).expect("the rest applies");
+    let policies = db
+        .sql("select string_agg(policyname, ',' order by policyname) from pg_policies where tablename = 'hp_worker_status';")
+        .expect("policies");
+    assert!(
+        !policies.contains("Allow all") && policies.split(',').all(|p| p.starts_with("hp_")),
+        "{policies}"
+    );
+    let me = json!({"role": "hp_reporter", "worker_name": "scoped-worker"});
+    assert_eq!(
+        db.as_request(&me, "select count(*) from hp_worker_status")
+            .as_deref(),
+        Ok("0"),
+        "a reporter no longer sees other workers"
+    );
+    let anon = db
+        .as_request(&json!({"role": "anon"}), "select * from hp_worker_status")
+        .expect_err("anon reads");
+    assert!(anon.contains("42501"), "{anon}");
+}
+
 #[test]
 fn service_role_upserts_then_updates_one_row() {
     let Some(db) = migrated("service") else {
@@ -362,12 +413,12 @@ fn last_heartbeat_is_the_database_clock_not_the_workers() {
     );
 }
 
-/// The view and `derive_health` agree on the same rows, at the boundaries.
+/// The view and `StatusRow::health` agree on the same rows, at the boundaries.
 #[test]
 fn health_view_and_rust_agree_at_the_boundaries() {
     let Some(db) = migrated("health") else { return };
-    // (name, status, age in microseconds or none, interval)
-    let mut cases: Vec<(String, &str, Option<i64>, i32)> = Vec::new();
+    // (name, status, age in microseconds or none, interval, breaker open)
+    let mut cases: Vec<(String, &str, Option<i64>, i32, bool)> = Vec::new();
     for (interval, grace_us) in [(30, 75_000_000i64), (1, 2_500_000), (60, 150_000_000)] {
         for (tag, age) in [
             ("fresh", 0),
@@ -377,40 +428,43 @@ fn health_view_and_rust_agree_at_the_boundaries() {
             ("old", grace_us * 10),
         ] {
             for status in ["running", "stopped", "crashed", "unknown"] {
-                cases.push((
-                    format!("{status}-{tag}-{interval}"),
-                    status,
-                    Some(age),
-                    interval,
-                ));
+                for breaker in [false, true] {
+                    cases.push((
+                        format!("{status}-{tag}-{interval}-{breaker}"),
+                        status,
+                        Some(age),
+                        interval,
+                        breaker,
+                    ));
+                }
             }
         }
     }
-    cases.push(("running-never".into(), "running", None, 30));
-    cases.push(("unknown-never".into(), "unknown", None, 30));
+    cases.push(("running-never".into(), "running", None, 30, false));
+    cases.push(("unknown-never".into(), "unknown", None, 30, false));
     // Triggers would stamp now(): write the ages directly, as a replica would,
     // and read them in the same transaction, so now() is one instant for the
     // rows, the view and Rust.
     let mut sql = String::from("begin; set local session_replication_role = replica;\n");
-    for (name, status, age, interval) in &cases {
+    for (name, status, age, interval, breaker) in &cases {
         let last = match age {
             Some(us) => format!("now() - make_interval(secs => {us}::double precision / 1000000)"),
             None => "null".into(),
         };
         sql.push_str(&format!(
-            "insert into hp_worker_status (worker_name, status, last_heartbeat, heartbeat_interval_seconds) values ('{name}', '{status}', {last}, {interval}) \\g /dev/null\n"
+            "insert into hp_worker_status (worker_name, status, last_heartbeat, heartbeat_interval_seconds, circuit_breaker_open) values ('{name}', '{status}', {last}, {interval}, {breaker}) \\g /dev/null\n"
         ));
     }
     sql.push_str("select to_json(now())::text;\n");
-    sql.push_str("select worker_name || '|' || status || '|' || coalesce(to_json(last_heartbeat)::text, '') || '|' || heartbeat_interval_seconds || '|' || health from hp_worker_health;\n");
-    sql.push_str("select '#spot ' || string_agg(worker_name || '=' || health, ',' order by worker_name) from hp_worker_health where worker_name in ('running-at-30', 'running-just-stale-30', 'running-never');\n");
+    sql.push_str("select worker_name || '|' || status || '|' || coalesce(to_json(last_heartbeat)::text, '') || '|' || heartbeat_interval_seconds || '|' || circuit_breaker_open || '|' || health from hp_worker_health;\n");
+    sql.push_str("select '#spot ' || string_agg(worker_name || '=' || health, ',' order by worker_name) from hp_worker_health where worker_name in ('running-at-30-false', 'running-just-stale-30-false', 'running-never', 'running-fresh-30-true', 'running-old-30-true');\n");
     sql.push_str("rollback;\n");
     let out = db.sql(&sql).expect("rows and view");
     let (out, spot) = out.split_once("#spot ").expect("spot line");
     assert_eq!(
         spot.trim(),
-        "running-at-30=running,running-just-stale-30=stale,running-never=unknown",
-        "at the boundary: fresh; just over: stale; never beat: unknown"
+        "running-at-30-false=running,running-fresh-30-true=crashed,running-just-stale-30-false=stale,running-never=unknown,running-old-30-true=stale",
+        "at the boundary: fresh; just over: stale; never beat: unknown; breaker open: crashed unless silent"
     );
     let mut lines = out.lines();
     let now: DateTime<Utc> = serde_json::from_str(lines.next().expect("now")).expect("now parses");
@@ -421,13 +475,14 @@ fn health_view_and_rust_agree_at_the_boundaries() {
         row.status = Some(f[1].to_owned());
         row.last_heartbeat = (!f[2].is_empty()).then(|| serde_json::from_str(f[2]).expect("time"));
         row.heartbeat_interval_seconds = f[3].parse().ok();
+        row.circuit_breaker_open = Some(f[4] == "t" || f[4] == "true");
         let rust = row.health(now);
         assert_eq!(
             rust.as_str(),
-            f[4],
+            f[5],
             "{} disagrees: rust {rust:?}, sql {}",
             f[0],
-            f[4]
+            f[5]
         );
         compared += 1;
     }
@@ -463,10 +518,10 @@ fn every_sdk_key_is_a_column_with_a_compatible_type() {
                     let b: DateTime<Utc> = serde_json::from_value(back.clone()).expect("time");
                     assert_eq!(a, b, "{key}");
                 }
-                "cpu_percent" => {
-                    let (a, b) = (sent.as_f64().unwrap_or(-1.0), back.as_f64().unwrap_or(-2.0));
-                    assert!((a - b).abs() < 1e-3, "{key}: {a} vs {b}");
-                }
+                "cpu_percent" => match (sent.as_f64(), back.as_f64()) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() < 1e-3, "{key}: {a} vs {b}"),
+                    _ => assert_eq!(sent, back, "{key}"),
+                },
                 _ => assert_eq!(sent, back, "{key} does not read back as sent"),
             }
         }

@@ -11,9 +11,12 @@ use crate::beat::counters::Counters;
 use crate::beat::probe::OwnProcess;
 use crate::beat::shared::Shared;
 use crate::config::builder::HeartbeatBuilder;
+use crate::config::target::Target;
 use crate::model::clock::now_micros;
-use crate::model::error::{ConfigError, SendError};
+use crate::model::error::{ConfigError, ReadError, SendError};
 use crate::model::row::{FinalState, WorkerStatus};
+use crate::transport::postgrest::PostgrestClient;
+use crate::transport::sqlite::SqliteStore;
 
 /// A running reporter. Dropping it sends the final `stopped` row (waiting at
 /// most the shutdown budget).
@@ -98,13 +101,44 @@ impl Drop for Heartbeat {
 
 /// Why [`HeartbeatBuilder::check`] failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckError {
     /// A setting is missing or malformed.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The server refused the row or could not be reached.
+    /// The server refused the probe row or could not be reached.
     #[error(transparent)]
     Send(#[from] SendError),
+    /// A scoped key could not read its own worker's row.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The probe row was written but could not be removed.
+    #[error(
+        "the probe row {probe:?} was written but could not be removed ({error}): delete it by hand"
+    )]
+    Cleanup {
+        /// The probe row's worker name.
+        probe: String,
+        /// Why the delete failed.
+        error: SendError,
+    },
+}
+
+/// What [`HeartbeatBuilder::check`] proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Checked {
+    /// A probe row was written under this throwaway name, and removed.
+    Wrote {
+        /// The probe row's name.
+        probe: String,
+    },
+    /// The key is an `hp_reporter` key scoped to one worker: writing a probe
+    /// would overwrite that worker's row, so only reading it was proven.
+    ReadScoped {
+        /// The worker the key may write.
+        worker: String,
+    },
 }
 
 impl HeartbeatBuilder {
@@ -132,17 +166,46 @@ impl HeartbeatBuilder {
         })
     }
 
-    /// Sends one row with status `unknown` and reports what went wrong, in
-    /// words a user can act on. Starts nothing; for setup checks.
+    /// Proves the configuration and the write path without touching any
+    /// worker's row: writes a probe row under a throwaway name
+    /// (`hp-check-...`), then removes it. Starts nothing; for setup checks.
     ///
     /// # Errors
     /// [`CheckError::Config`] for a bad setting, [`CheckError::Send`] for
-    /// what the server answered.
-    pub async fn check(self) -> Result<(), CheckError> {
+    /// what the server answered, [`CheckError::Cleanup`] when the probe row
+    /// stayed behind.
+    pub async fn check(mut self) -> Result<Checked, CheckError> {
+        self.validate_config()?;
+        let custom = self.has_transport();
+        let target = if custom {
+            None
+        } else {
+            Some(self.settings.resolve()?)
+        };
+        if let Some(Target::Supabase(config)) = &target {
+            if let Some(worker) = config.scoped_worker() {
+                let client = PostgrestClient::new(config, &self.reporter_name())?;
+                client.select_one(&worker).await?;
+                return Ok(Checked::ReadScoped { worker });
+            }
+        }
+        let probe = format!("hp-check-{:012x}", fastrand::u64(..) >> 16);
+        self.name = probe.clone();
+        let agent = self.reporter_name();
         let mut beat_loop = prepare(self)?;
         let row = beat_loop.build_row(Some(&FinalState::new(WorkerStatus::Unknown)));
         beat_loop.transport.send(&row).await?;
-        Ok(())
+        let removed = match target {
+            None => Ok(()),
+            Some(Target::Supabase(config)) => {
+                PostgrestClient::new(&config, &agent)?.delete(&probe).await
+            }
+            Some(Target::Local(path)) => SqliteStore::new(path).delete(&probe),
+        };
+        match removed {
+            Ok(()) => Ok(Checked::Wrote { probe }),
+            Err(error) => Err(CheckError::Cleanup { probe, error }),
+        }
     }
 }
 
@@ -161,6 +224,7 @@ fn prepare(builder: HeartbeatBuilder) -> Result<BeatLoop, ConfigError> {
         version: valid.version,
         reporter: valid.reporter,
         interval: valid.interval,
+        settle_beat: valid.settle_beat,
     };
     let probe = valid.probe.unwrap_or_else(|| Box::new(OwnProcess::new()));
     Ok(BeatLoop::new(

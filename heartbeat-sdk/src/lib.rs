@@ -89,7 +89,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use config::builder::HeartbeatBuilder;
 pub use config::target::StoreSettings;
-pub use handle::{CheckError, Heartbeat};
+pub use handle::{CheckError, Checked, Heartbeat};
 pub use model::error::{ConfigError, ReadError, SendError};
 pub use model::health::Health;
 pub use model::row::{WorkerRow, WorkerStatus};

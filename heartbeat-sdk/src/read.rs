@@ -53,6 +53,8 @@ impl Snapshot {
 pub struct Reader {
     source: Source,
     description: String,
+    /// The local stores looked at when none was named (for the message when none exists).
+    looked_at: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -67,7 +69,7 @@ impl Reader {
     /// # Errors
     /// A [`ConfigError`] for a missing or malformed setting.
     pub fn open(settings: &StoreSettings) -> Result<Reader, ConfigError> {
-        let target = settings.resolve()?;
+        let (target, looked_at) = settings.resolve_for_reading()?;
         let description = target.describe();
         let source = match target {
             Target::Local(path) => Source::Local(SqliteStore::new(path)),
@@ -79,6 +81,7 @@ impl Reader {
         Ok(Reader {
             source,
             description,
+            looked_at,
         })
     }
 
@@ -94,6 +97,17 @@ impl Reader {
     pub async fn fetch(&self) -> Result<Snapshot, ReadError> {
         match &self.source {
             Source::Local(store) => {
+                if !store.path().exists() && !self.looked_at.is_empty() {
+                    let places: Vec<String> = self
+                        .looked_at
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    return Err(ReadError::Store(format!(
+                        "no local store: no worker has reported at {} (set HP_STORE to the path the workers use)",
+                        places.join(", ")
+                    )));
+                }
                 let store = store.clone();
                 let rows = tokio::task::spawn_blocking(move || store.read_all())
                     .await

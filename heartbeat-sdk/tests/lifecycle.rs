@@ -130,9 +130,7 @@ fn works_from_plain_main_over_http() {
         (!recorder.times().is_empty()).then_some(())
     });
     assert!(hb.shutdown());
-    let got = server_rt
-        .block_on(server.received_requests())
-        .unwrap_or_default();
+    let got = server_rt.block_on(beats(&server));
     assert_eq!(body(got.last().expect("rows"))["status"], "stopped");
 }
 
@@ -150,7 +148,7 @@ async fn beat_inside_runtime() {
     assert!(tokio::task::spawn_blocking(move || hb.shutdown())
         .await
         .expect("join"));
-    let got = server.received_requests().await.unwrap_or_default();
+    let got = beats(&server).await;
     let last = body(got.last().expect("rows"));
     assert_eq!(last["status"], "stopped");
     assert_eq!(last["jobs_processed"], 1);

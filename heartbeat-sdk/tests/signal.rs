@@ -44,6 +44,21 @@ fn spawn_child(server: &MockServer) -> Child {
         .expect("spawn child")
 }
 
+/// Kills the child if the test ends early (a failed assertion), so no
+/// orphan keeps the test's output pipe open.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid this test spawned; a no-op once it is reaped.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+fn guard(child: &Child) -> KillOnDrop {
+    KillOnDrop(i32::try_from(child.id()).expect("pid"))
+}
+
 fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let status = poll_until(timeout, || child.try_wait().ok().flatten());
     if status.is_none() {
@@ -62,6 +77,7 @@ fn signal(child: &Child, sig: i32) {
 async fn final_row_on(sig: i32) {
     let (server, recorder) = accepting_server().await;
     let mut child = spawn_child(&server);
+    let _guard = guard(&child);
     let got = wait_for_requests(&server, 1, Duration::from_secs(10)).await;
     assert_eq!(body(&got[0])["status"], "running");
     let t0 = Instant::now();
@@ -76,7 +92,7 @@ async fn final_row_on(sig: i32) {
         Some(sig),
         "ended by the signal itself: {status:?}"
     );
-    let got = server.received_requests().await.unwrap_or_default();
+    let got = beats(&server).await;
     let last = body(got.last().expect("rows"));
     assert_eq!(last["status"], "stopped");
     assert_eq!(last["jobs_processed"], 3);
@@ -115,6 +131,7 @@ async fn a_hanging_server_cannot_hold_the_shutdown_past_the_budget() {
         .mount(&server)
         .await;
     let mut child = spawn_child(&server);
+    let _guard = guard(&child);
     wait_for_requests(&server, 1, Duration::from_secs(10)).await;
     let t0 = Instant::now();
     signal(&child, libc::SIGTERM);

@@ -187,13 +187,10 @@ async fn shutdown_sends_stopped_after_the_first_beat() {
     assert!(tokio::task::spawn_blocking(move || hb.shutdown())
         .await
         .expect("join"));
-    let got = server.received_requests().await.unwrap_or_default();
+    let got = beats(&server).await;
     let last = body(got.last().expect("a final row"));
     assert_eq!(last["status"], "stopped");
-    assert_eq!(
-        server.received_requests().await.unwrap_or_default().len(),
-        got.len()
-    );
+    assert_eq!(beats(&server).await.len(), got.len());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -293,15 +290,89 @@ async fn check_classifies_every_postgrest_error() {
 use heartbeat_sdk::CheckError as SendOrConfig;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn check_passes_and_writes_an_unknown_row() {
+async fn check_writes_a_probe_row_and_removes_it_touching_no_worker() {
     let (server, _) = accepting_server().await;
-    builder(&server, SECRET_KEY)
+    Mock::given(method("DELETE"))
+        .and(path(TABLE_PATH))
+        .and(header("apikey", SECRET_KEY))
+        .and(header("content-profile", "public"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
+    let checked = builder(&server, SECRET_KEY)
         .check()
         .await
         .expect("check passes");
+    let heartbeat_sdk::Checked::Wrote { probe } = checked else {
+        panic!("{checked:?}")
+    };
+    assert!(probe.starts_with("hp-check-"), "{probe}");
     let got = server.received_requests().await.unwrap_or_default();
-    assert_eq!(got.len(), 1);
+    let methods: Vec<&str> = got.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(
+        methods,
+        ["POST", "DELETE"],
+        "one probe row, then its removal"
+    );
+    assert_eq!(body(&got[0])["worker_name"], probe.as_str());
     assert_eq!(body(&got[0])["status"], "unknown");
+    assert_eq!(
+        got[1].url.query(),
+        Some(format!("worker_name=eq.{probe}").as_str())
+    );
+    assert!(
+        got.iter()
+            .all(|r| !String::from_utf8_lossy(&r.body).contains("wire-worker")),
+        "the worker's own name is never written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_says_so_when_the_probe_row_cannot_be_removed() {
+    let (server, _) = accepting_server().await;
+    Mock::given(method("DELETE"))
+        .respond_with(postgrest_error(
+            403,
+            "42501",
+            "permission denied for table hp_worker_status",
+        ))
+        .mount(&server)
+        .await;
+    let e = builder(&server, SECRET_KEY)
+        .check()
+        .await
+        .expect_err("the probe stays");
+    let text = e.to_string();
+    assert!(
+        matches!(e, SendOrConfig::Cleanup { .. })
+            && text.contains("hp-check-")
+            && text.contains("delete it by hand"),
+        "{text}"
+    );
+}
+
+/// Before its first beat a reporter reads its own row once, to warn when
+/// another live instance already reports under its name.
+#[tokio::test(flavor = "multi_thread")]
+async fn at_start_it_reads_its_own_row_once_then_beats() {
+    let (server, _) = accepting_server().await;
+    Mock::given(method("GET"))
+        .and(path(TABLE_PATH))
+        .and(query_param("worker_name", "eq.wire-worker"))
+        .and(query_param("select", "*"))
+        .and(header("apikey", SECRET_KEY))
+        .and(header("accept-profile", "public"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let hb = builder(&server, SECRET_KEY).start().expect("starts");
+    wait_for_requests(&server, 1, Duration::from_secs(5)).await;
+    let got = server.received_requests().await.unwrap_or_default();
+    assert_eq!(got[0].method.as_str(), "GET", "the look comes first");
+    assert_eq!(got[1].method.as_str(), "POST");
+    drop(hb);
+    server.verify().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

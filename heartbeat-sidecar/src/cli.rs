@@ -30,7 +30,9 @@ pub enum Command {
     /// Example: heartbeat-sidecar run --name orders -- node scripts/orders.mjs
     #[command(after_help = KEY_HELP)]
     Run(RunArgs),
-    /// Check the configuration by writing one row; say what is wrong and how to fix it.
+    /// Check the configuration: read the table, write a probe row and remove it; say what is wrong and how to fix it.
+    ///
+    /// No worker's row is touched. Exit codes: 0 all good, 1 the store refused, 2 configuration.
     #[command(after_help = KEY_HELP)]
     Check(CheckArgs),
     /// Show every worker's health; exit 1 if any is stale, crashed or has its breaker open.
@@ -106,6 +108,19 @@ pub struct RunArgs {
     /// The worker's version, shown in the row.
     #[arg(long = "worker-version", env = env::WORKER_VERSION, value_name = "VERSION")]
     pub worker_version: Option<String>,
+    /// Stop the worker gracefully when its whole process tree uses more than
+    /// SIZE (e.g. 500M, 2G; K, M, G are powers of 1024), reported as such, and
+    /// exit 1 so PM2 or systemd restart it: PM2's `max_memory_restart` sees
+    /// only the sidecar's own few MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+    /// How long a worker the sidecar stops has to exit after SIGTERM before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub stop_timeout: std::time::Duration,
+    /// Refuse to start the worker when reporting is misconfigured (exit 2).
+    /// By default the worker runs anyway and the error is logged.
+    #[arg(long)]
+    pub strict: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     /// The worker command and its arguments, after `--`.
@@ -115,14 +130,9 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Worker name to write the test row under (use the real worker's name).
-    #[arg(
-        long,
-        env = env::WORKER_NAME,
-        value_name = "NAME",
-        default_value = "heartbeat-check"
-    )]
-    pub name: String,
+    /// Also show this worker's row, if it has one (it is only read).
+    #[arg(long, env = env::WORKER_NAME, value_name = "NAME")]
+    pub name: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -169,6 +179,45 @@ impl StoreArgs {
     }
 }
 
+/// "30s", "5m", "1h 30m", or a plain number of seconds.
+pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{e}: use a duration such as 30s, 5m or 1h"))
+}
+
+/// "500M", "2G", "1.5GiB", "800000000": K, M, G (and KiB, MiB, GiB) are
+/// powers of 1024, as PM2's `max_memory_restart` reads them.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size: use e.g. 500M or 2G"))?;
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {value:?}: use K, M or G"
+            ))
+        }
+    };
+    let bytes = number * scale as f64;
+    if bytes < 1.0 {
+        return Err(format!("{value:?} is too small"));
+    }
+    Ok(bytes as u64)
+}
+
 /// Parses the command line; usage errors exit 2 with clap's message, plus
 /// the fix for the most common one (the worker's command without `--`).
 pub fn parse() -> Cli {
@@ -191,5 +240,48 @@ pub fn parse() -> Cli {
             }
             e.exit()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_in_the_words_users_type() {
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5T").is_err_and(|e| e.contains("K, M or G")));
+        assert_eq!(
+            parse_duration("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(parse_duration("45"), Ok(std::time::Duration::from_secs(45)));
+        assert_eq!(
+            parse_duration("2m"),
+            Ok(std::time::Duration::from_secs(120))
+        );
+        assert!(parse_duration("soon").is_err_and(|e| e.contains("30s")));
+    }
+
+    #[test]
+    fn a_url_flag_wins_over_hp_store_and_two_flags_that_disagree_are_an_error() {
+        let args = |url: Option<&str>, store: Option<&str>| StoreArgs {
+            url: url.map(str::to_owned),
+            schema: None,
+            store: store.map(str::to_owned),
+            allow_insecure_http: false,
+        };
+        let e = args(Some("https://x.supabase.co"), Some("/tmp/x.db"))
+            .settings()
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("--url") && e.contains("--store"), "{e}");
+        assert!(args(Some("https://x.supabase.co"), Some("supabase"))
+            .settings()
+            .is_ok());
     }
 }

@@ -166,7 +166,7 @@ pub fn pump(
     from: OwnedFd,
     to: Stream,
     mut matcher: LineMatcher,
-    heartbeat: Arc<Heartbeat>,
+    heartbeat: Option<Arc<Heartbeat>>,
     tail: Option<Arc<Mutex<Vec<u8>>>>,
 ) -> oneshot::Receiver<()> {
     let (done, finished) = oneshot::channel();
@@ -177,9 +177,10 @@ pub fn pump(
             // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop never closes it.
             let mut stdout = ManuallyDrop::new(unsafe { File::from_raw_fd(1) });
             let mut buf = vec![0u8; 128 * 1024];
-            let mut on_match = |kind: LineKind, line: &[u8]| match kind {
-                LineKind::Job => heartbeat.job_succeeded(),
-                LineKind::Error => heartbeat.job_failed(String::from_utf8_lossy(line)),
+            let mut on_match = |kind: LineKind, line: &[u8]| match (kind, &heartbeat) {
+                (LineKind::Job, Some(hb)) => hb.job_succeeded(),
+                (LineKind::Error, Some(hb)) => hb.job_failed(String::from_utf8_lossy(line)),
+                (_, None) => {}
             };
             let mut output_open = true;
             loop {

@@ -1,21 +1,27 @@
 //! `heartbeat-sidecar run`: start the worker, pass its output and signals
 //! through, report for it, and end as it ended.
+//!
+//! Reporting is an addition: a mistake in its configuration is logged loudly
+//! and the worker runs anyway (unless `--strict`), so a broken reporting
+//! environment never turns into a restart loop that keeps the work from running.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use heartbeat_sdk::sidecar::{FinalState, ProcessTree};
+use heartbeat_sdk::sidecar::{FinalState, ProcessProbe, ProcessTree};
 use heartbeat_sdk::{Heartbeat, HeartbeatBuilder, WorkerStatus};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
 
 use crate::cli::RunArgs;
-use crate::exit::{classify, Exit, SHUTDOWN_SIGNALS, USAGE};
-use crate::lines::{combine, LineMatcher};
+use crate::exit::{classify, signal_name, Exit, SHUTDOWN_SIGNALS, USAGE};
+use crate::lines::{combine, LineMatcher, Pattern};
 use crate::output::{pump, tail_text, Stream};
 use crate::socket::ReportSocket;
+use crate::table::bytes;
 
 /// Signals passed on to the child.
 const FORWARDED: [i32; 6] = [
@@ -27,20 +33,25 @@ const FORWARDED: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
+/// How often the worker's memory is compared with `--max-memory`.
+const MEMORY_CHECK: Duration = Duration::from_secs(5);
+/// The second beat, once the child has loaded.
+const SETTLE_BEAT: Duration = Duration::from_secs(2);
+
 /// Runs the worker to its end and says how the sidecar must end.
 pub async fn run(args: RunArgs) -> Exit {
-    let Prepared {
-        builder,
-        job,
-        error,
-        budget,
-    } = match prepare(&args) {
-        Ok(p) => p,
-        Err(e) => {
+    let reporting = match prepare(&args) {
+        Ok(p) => Some(p),
+        Err(e) if args.strict => {
             eprintln!("heartbeat-sidecar: {e:#}");
             return Exit::Code(USAGE);
         }
+        Err(e) => {
+            not_reporting(&e);
+            None
+        }
     };
+    let budget = Duration::from_millis(args.shutdown_budget);
 
     // Listen before spawning, so no signal between the two is lost.
     let mut signals = match forward_signals() {
@@ -50,12 +61,13 @@ pub async fn run(args: RunArgs) -> Exit {
             return Exit::Code(USAGE);
         }
     };
-    let mut socket = match ReportSocket::bind() {
-        Ok(s) => Some(s),
-        Err(e) => {
+    let mut socket = match reporting.is_some().then(ReportSocket::bind) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
             tracing::warn!("HP_SIDECAR_SOCKET is not available ({e}); output patterns still count");
             None
         }
+        None => None,
     };
 
     let mut command = tokio::process::Command::new(&args.command[0]);
@@ -83,28 +95,41 @@ pub async fn run(args: RunArgs) -> Exit {
     }
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(e) => return report_spawn_failure(builder, &args.command[0], &e),
+        Err(e) => {
+            let builder = reporting.map(|r| r.builder);
+            return report_spawn_failure(builder, &args.command[0], &e);
+        }
     };
     // Only a child already reaped has no pid, and this one was not waited for.
     let Some(pid) = child.id() else {
         eprintln!("heartbeat-sidecar: the worker ended before it could be watched");
         return Exit::Code(1);
     };
-    let heartbeat = builder
-        .process_probe(ProcessTree::new(pid))
-        .metadata("sidecar_pid", parent)
-        .start()
-        .map(Arc::new);
-    let heartbeat = match heartbeat {
-        Ok(hb) => hb,
-        Err(e) => {
-            let _ = child.start_kill();
-            eprintln!("heartbeat-sidecar: {e}");
-            return Exit::Code(USAGE);
-        }
+    let (heartbeat, job, error) = match reporting {
+        Some(Prepared {
+            builder,
+            job,
+            error,
+        }) => match builder
+            .process_probe(ProcessTree::new(pid))
+            .metadata("sidecar_pid", parent)
+            .start()
+        {
+            Ok(hb) => (Some(Arc::new(hb)), job, error),
+            Err(e) if args.strict => {
+                let _ = child.start_kill();
+                eprintln!("heartbeat-sidecar: {e}");
+                return Exit::Code(USAGE);
+            }
+            Err(e) => {
+                not_reporting(&anyhow::Error::new(e));
+                (None, None, None)
+            }
+        },
+        None => (None, None, None),
     };
-    if let Some(s) = socket.as_mut() {
-        s.serve(Arc::clone(&heartbeat));
+    if let (Some(s), Some(hb)) = (socket.as_mut(), &heartbeat) {
+        s.serve(Arc::clone(hb));
     }
 
     let stderr_tail = Arc::new(Mutex::new(Vec::<u8>::new()));
@@ -114,7 +139,7 @@ pub async fn run(args: RunArgs) -> Exit {
             out,
             Stream::Stdout,
             LineMatcher::new(job.clone(), error.clone()),
-            Arc::clone(&heartbeat),
+            heartbeat.clone(),
             None,
         ));
     }
@@ -123,20 +148,45 @@ pub async fn run(args: RunArgs) -> Exit {
             err,
             Stream::Stderr,
             LineMatcher::new(job, error),
-            Arc::clone(&heartbeat),
+            heartbeat.clone(),
             Some(Arc::clone(&stderr_tail)),
         ));
     }
 
+    let mut memory = args.max_memory.map(|limit| MemoryLimit {
+        limit,
+        probe: ProcessTree::new(pid),
+    });
+    let mut memory_check = tokio::time::interval(MEMORY_CHECK);
+    let mut stopping: Option<Stop> = None;
     let mut forwarded_shutdown = None;
     let status = loop {
+        let kill_at = stopping.as_ref().map(|s| s.kill_at);
         tokio::select! {
             status = child.wait() => break status,
             Some(sig) = signals.recv() => {
-                // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-                unsafe { libc::kill(pid as libc::pid_t, sig) };
+                send(pid, sig);
                 if SHUTDOWN_SIGNALS.contains(&sig) {
                     forwarded_shutdown = Some(sig);
+                }
+            }
+            _ = memory_check.tick(), if memory.is_some() && stopping.is_none() => {
+                if let Some(over) = memory.as_mut().and_then(MemoryLimit::exceeded) {
+                    let why = format!(
+                        "stopped by heartbeat-sidecar: the worker's memory, {}, was over --max-memory {}",
+                        bytes(i64::try_from(over).unwrap_or(i64::MAX)),
+                        bytes(i64::try_from(args.max_memory.unwrap_or(0)).unwrap_or(i64::MAX)),
+                    );
+                    tracing::warn!("{why}: sending {} (SIGKILL after {:?})", signal_name(libc::SIGTERM), args.stop_timeout);
+                    send(pid, libc::SIGTERM);
+                    stopping = Some(Stop { why, kill_at: Instant::now() + args.stop_timeout });
+                }
+            }
+            _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                tracing::warn!("the worker did not stop within {:?}: sending SIGKILL", args.stop_timeout);
+                send(pid, libc::SIGKILL);
+                if let Some(s) = stopping.as_mut() {
+                    s.kill_at = Instant::now() + Duration::from_secs(3600);
                 }
             }
         }
@@ -144,37 +194,86 @@ pub async fn run(args: RunArgs) -> Exit {
     let status = match status {
         Ok(s) => s,
         Err(e) => {
-            heartbeat_sdk::sidecar::finish(
-                &heartbeat,
-                FinalState::new(WorkerStatus::Crashed)
-                    .last_error(format!("lost track of the worker: {e}")),
-            );
+            if let Some(hb) = &heartbeat {
+                heartbeat_sdk::sidecar::finish(
+                    hb,
+                    FinalState::new(WorkerStatus::Crashed)
+                        .last_error(format!("lost track of the worker: {e}")),
+                );
+            }
             return Exit::Code(1);
         }
     };
 
     // Let the last output through; a grandchild holding the pipe open must
     // not hold the exit past the budget.
-    let deadline = tokio::time::Instant::now() + budget;
+    let deadline = Instant::now() + budget;
     for done in pumps {
         let _ = tokio::time::timeout_at(deadline, done).await;
     }
     let tail = tail_text(&stderr_tail.lock().map(|t| t.clone()).unwrap_or_default());
-    let (state, exit) = classify(status, forwarded_shutdown, &tail);
-    if !heartbeat_sdk::sidecar::finish(&heartbeat, state) {
-        tracing::warn!("the final row was not stored within {budget:?}");
+    let (mut state, mut exit) = classify(status, forwarded_shutdown, &tail);
+    if let Some(stop) = stopping {
+        // Stopped for its memory: a failure to report and to restart.
+        state.status = WorkerStatus::Crashed;
+        state.last_error = Some(stop.why);
+        if exit == Exit::Code(0) || matches!(exit, Exit::Signal(s) if SHUTDOWN_SIGNALS.contains(&s))
+        {
+            exit = Exit::Code(1);
+        }
+    }
+    match &heartbeat {
+        Some(hb) => {
+            if !heartbeat_sdk::sidecar::finish(hb, state) {
+                tracing::warn!("the final row was not stored within {budget:?}");
+            }
+        }
+        None => tracing::error!(
+            "heartbeat-sidecar: the worker ended, and it was NOT reported (see the configuration error above)"
+        ),
     }
     drop(socket);
     exit
 }
 
-struct Prepared {
-    builder: HeartbeatBuilder,
-    job: Option<crate::lines::Pattern>,
-    error: Option<crate::lines::Pattern>,
-    budget: Duration,
+fn not_reporting(e: &anyhow::Error) {
+    tracing::error!(
+        "heartbeat-sidecar: NOT REPORTING: {e:#}. The worker runs anyway; `heartbeat-sidecar check` shows what is wrong. Pass --strict to refuse to start the worker instead."
+    );
 }
 
+/// A graceful stop the sidecar itself started (`--max-memory`).
+struct Stop {
+    why: String,
+    kill_at: Instant,
+}
+
+struct MemoryLimit {
+    limit: u64,
+    probe: ProcessTree,
+}
+
+impl MemoryLimit {
+    /// The tree's memory, when it is over the limit.
+    fn exceeded(&mut self) -> Option<u64> {
+        let used = self.probe.sample().memory_rss_bytes?;
+        (used > self.limit).then_some(used)
+    }
+}
+
+fn send(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid, which is not reaped until
+    // `child.wait()` returns, so the pid cannot be reused meanwhile.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+struct Prepared {
+    builder: HeartbeatBuilder,
+    job: Option<Pattern>,
+    error: Option<Pattern>,
+}
+
+/// Everything about reporting, checked before the worker starts.
 fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let mut name = args.name.clone();
     if args.instance_suffix {
@@ -186,13 +285,13 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     }
     let job = combine(&args.job_patterns, "--job-pattern")?;
     let error = combine(&args.error_patterns, "--error-pattern")?;
-    let budget = Duration::from_millis(args.shutdown_budget);
     let settings = args.store.settings().map_err(anyhow::Error::msg)?;
     let mut builder = Heartbeat::builder(name)
         .store_settings(settings)
         .interval(Duration::from_secs(args.interval))
-        .shutdown_budget(budget)
+        .shutdown_budget(Duration::from_millis(args.shutdown_budget))
         .circuit_breaker_threshold(args.circuit_breaker_threshold)
+        .settle_beat(SETTLE_BEAT)
         .handle_signals(false)
         .reporter(concat!("heartbeat-sidecar/", env!("CARGO_PKG_VERSION")));
     if let Some(v) = &args.worker_version {
@@ -211,7 +310,6 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
         builder,
         job,
         error,
-        budget,
     })
 }
 
@@ -232,7 +330,11 @@ fn forward_signals() -> anyhow::Result<mpsc::UnboundedReceiver<i32>> {
     Ok(rx)
 }
 
-fn report_spawn_failure(builder: HeartbeatBuilder, program: &str, e: &std::io::Error) -> Exit {
+fn report_spawn_failure(
+    builder: Option<HeartbeatBuilder>,
+    program: &str,
+    e: &std::io::Error,
+) -> Exit {
     let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
         126
     } else {
@@ -240,7 +342,7 @@ fn report_spawn_failure(builder: HeartbeatBuilder, program: &str, e: &std::io::E
     };
     let message = format!("cannot start {program:?}: {e}");
     eprintln!("heartbeat-sidecar: {message}");
-    if let Ok(hb) = builder.start() {
+    if let Some(Ok(hb)) = builder.map(HeartbeatBuilder::start) {
         heartbeat_sdk::sidecar::finish(
             &hb,
             FinalState::new(WorkerStatus::Crashed)

@@ -13,10 +13,11 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
 use crate::beat::backoff::Backoff;
 use crate::beat::log_limit::LogLimiter;
-use crate::beat::probe::ProcessProbe;
+use crate::beat::probe::{ProcessProbe, ProcessSample};
 use crate::beat::shared::Shared;
 use crate::model::clock::now_micros;
 use crate::model::error::SendError;
+use crate::model::health::Health;
 use crate::model::row::{FinalState, WorkerRow, WorkerStatus};
 use crate::transport::Transport;
 
@@ -31,6 +32,9 @@ pub(crate) struct Identity {
     pub version: Option<String>,
     pub reporter: String,
     pub interval: Duration,
+    /// A second beat this soon after the first (the sidecar's child has
+    /// loaded by then; its first sample came too early to mean much).
+    pub settle_beat: Option<Duration>,
 }
 
 pub(crate) struct BeatLoop {
@@ -46,6 +50,21 @@ pub(crate) struct BeatLoop {
     breaker_was_open: bool,
     /// Its own limiter: a delivered beat clears `logs`, not this.
     breaker_logs: LogLimiter,
+}
+
+/// How long the look at the row before the first beat may take.
+const PEEK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a process of this host with this pid is alive (a zombie, dead
+/// and not yet reaped, is not).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which ends with the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
 }
 
 /// How often the same failure may be logged.
@@ -98,9 +117,14 @@ impl BeatLoop {
             self.identity.interval.as_secs()
         );
         let mut stop = self.shared.subscribe_stop();
-        let mut next_beat = Instant::now();
+        let start = Instant::now();
+        self.warn_if_the_name_is_taken().await;
+        let mut next_beat = start;
         loop {
-            let following = next_beat + jittered(self.identity.interval, self.rng.f64());
+            let mut following = next_beat + jittered(self.identity.interval, self.rng.f64());
+            if let Some(settle) = self.identity.settle_beat.filter(|_| next_beat == start) {
+                following = following.min(start + settle);
+            }
             tokio::select! {
                 biased;
                 _ = stop.wait_for(Option::is_some) => break,
@@ -128,9 +152,10 @@ impl BeatLoop {
         for attempt in 1..=MAX_TRIES_PER_BEAT {
             // Rebuilt on every try: a newer snapshot replaces an older unsent one.
             let row = self.build_row(None);
+            let started = Instant::now();
             let sent = match timeout_at(next_beat, self.transport.send(&row)).await {
                 Ok(result) => result,
-                Err(_) => Err(SendError::Timeout(self.identity.interval)),
+                Err(_) => Err(self.transport.timed_out(next_beat - started)),
             };
             match sent {
                 Ok(()) => {
@@ -157,6 +182,38 @@ impl BeatLoop {
             }
         }
         self.failed_beats += 1;
+    }
+
+    /// Two live reporters under one name overwrite each other's row: say so
+    /// once at start. A row of the same host whose process is gone is this
+    /// worker's previous life (killed before its final row), not a duplicate.
+    async fn warn_if_the_name_is_taken(&mut self) {
+        let name = self.identity.worker_name.clone();
+        let row = match timeout(PEEK_TIMEOUT, self.transport.read_row(&name)).await {
+            Ok(Ok(Some(row))) => row,
+            _ => return,
+        };
+        let fresh = row.health(Utc::now()) == Health::Running
+            || (row.worker_status() == WorkerStatus::Running
+                && row.health(Utc::now()) == Health::Crashed);
+        if !fresh || row.instance_id.as_deref() == Some(self.identity.instance_id.as_str()) {
+            return;
+        }
+        let same_host = row.hostname.is_some() && row.hostname == self.identity.hostname;
+        let pid = row.pid.and_then(|p| i32::try_from(p).ok());
+        if same_host && pid.is_some_and(|p| !process_alive(p)) {
+            return;
+        }
+        let seen = row
+            .last_heartbeat
+            .map(|t| format!("{} s ago", (Utc::now() - t).num_seconds().max(0)))
+            .unwrap_or_else(|| "recently".into());
+        tracing::warn!(
+            worker = %name,
+            "heartbeat: another instance already reports as {name:?} (host {}, pid {}, last beat {seen}): two reporters with one name overwrite each other's row; give each its own name (under PM2 with instances, heartbeat-sidecar's --instance-suffix)",
+            row.hostname.as_deref().unwrap_or("unknown"),
+            row.pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+        );
     }
 
     /// Logs the breaker opening (once per transition, at most every 5 minutes).
@@ -212,6 +269,13 @@ impl BeatLoop {
             None if counters.breaker_open => WorkerStatus::Crashed,
             None => WorkerStatus::Running,
         };
+        // A final row describes a process that is gone: no pid, memory or CPU.
+        let ended = final_state.is_some_and(|f| f.status != WorkerStatus::Unknown);
+        let sample = if ended {
+            ProcessSample::default()
+        } else {
+            sample
+        };
         let mut metadata = counters.metadata;
         // Kept for dashboards written against the original seed row.
         metadata.entry("pid").or_insert_with(|| json!(sample.pid));
@@ -266,7 +330,6 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::beat::counters::Counters;
-    use crate::beat::probe::ProcessSample;
     use crate::transport::SendFuture;
 
     /// What the scripted transport does for one send.
@@ -373,6 +436,7 @@ pub(crate) mod tests {
             version: None,
             reporter: "test".into(),
             interval,
+            settle_beat: None,
         };
         BeatLoop::new(
             shared,

@@ -64,7 +64,12 @@ pub struct ProcessTree {
     system: System,
     root: Pid,
     last: ProcessSample,
+    born: std::time::Instant,
 }
+
+/// A process this young is still loading: its memory would mislead (a Node
+/// worker shows 16 KiB before it has mapped anything).
+const SETTLING: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ProcessTree {
     /// Samples `root` and everything it spawned.
@@ -77,6 +82,7 @@ impl ProcessTree {
             system: System::new(),
             root: Pid::from_u32(root),
             last,
+            born: std::time::Instant::now(),
         }
     }
 }
@@ -182,6 +188,12 @@ impl ProcessProbe for ProcessTree {
             memory_rss_bytes: Some(memory),
             cpu_percent: Some(cpu),
         };
+        if self.born.elapsed() < SETTLING {
+            return ProcessSample {
+                pid: Some(self.root.as_u32()),
+                ..ProcessSample::default()
+            };
+        }
         self.last
     }
 }
@@ -199,12 +211,27 @@ mod tests {
         let tree = ProcessTree::new(std::process::id())
             .descendants()
             .unwrap_or_default();
-        let alone = ProcessTree::new(child.id()).sample();
+        let mut probe = ProcessTree::new(child.id());
+        probe.born -= SETTLING;
+        let alone = probe.sample();
         let _ = child.kill();
         let _ = child.wait();
         assert!(tree.contains(&Pid::from_u32(child.id())), "{tree:?}");
         assert_eq!(alone.pid, Some(child.id()));
         assert!(alone.memory_rss_bytes.unwrap_or(0) > 0, "{alone:?}");
+    }
+
+    #[test]
+    fn a_child_still_loading_reports_no_memory_yet() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let first = ProcessTree::new(child.id()).sample();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(first.pid, Some(child.id()));
+        assert_eq!(first.memory_rss_bytes, None, "{first:?}");
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub struct HeartbeatBuilder {
     reporter: String,
     transport: Option<Box<dyn Transport>>,
     probe: Option<Box<dyn ProcessProbe>>,
+    settle_beat: Option<Duration>,
     env_error: Option<ConfigError>,
 }
 
@@ -65,6 +66,7 @@ pub(crate) struct Validated {
     pub metadata: Map<String, Value>,
     pub version: Option<String>,
     pub reporter: String,
+    pub settle_beat: Option<Duration>,
 }
 
 impl HeartbeatBuilder {
@@ -81,6 +83,7 @@ impl HeartbeatBuilder {
             reporter: concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION")).to_owned(),
             transport: None,
             probe: None,
+            settle_beat: None,
             env_error: None,
         }
     }
@@ -185,6 +188,14 @@ impl HeartbeatBuilder {
         self
     }
 
+    /// Sends a second beat this soon after the first (the sidecar's child
+    /// has loaded by then).
+    #[doc(hidden)]
+    pub fn settle_beat(mut self, after: Duration) -> Self {
+        self.settle_beat = Some(after);
+        self
+    }
+
     /// Names what reports, sent as `reporter` (default `heartbeat-sdk/<version>`).
     #[doc(hidden)]
     pub fn reporter(mut self, reporter: impl Into<String>) -> Self {
@@ -273,8 +284,8 @@ impl HeartbeatBuilder {
         if interval < Duration::from_secs(1) || interval > Duration::from_secs(86_400) {
             return Err(ConfigError::InvalidSetting {
                 name: "interval",
-                value: format!("{interval:?}"),
-                expected: "between 1 s and 1 day (default 30 s)",
+                value: format!("{} s", interval.as_secs_f64()),
+                expected: "between 1 and 86400 seconds (default 30)",
             });
         }
         let breaker_threshold = self
@@ -291,11 +302,19 @@ impl HeartbeatBuilder {
         if shutdown_budget.is_zero() || shutdown_budget > Duration::from_secs(60) {
             return Err(ConfigError::InvalidSetting {
                 name: "shutdown_budget",
-                value: format!("{shutdown_budget:?}"),
-                expected: "between 1 ms and 60 s (default 1 s)",
+                value: format!("{} ms", shutdown_budget.as_millis()),
+                expected: "between 1 and 60000 milliseconds (default 1000)",
             });
         }
         Ok((interval, breaker_threshold, shutdown_budget))
+    }
+
+    pub(crate) fn has_transport(&self) -> bool {
+        self.transport.is_some()
+    }
+
+    pub(crate) fn reporter_name(&self) -> String {
+        self.reporter.clone()
     }
 
     /// Checks everything and builds the transport, without starting anything.
@@ -315,6 +334,7 @@ impl HeartbeatBuilder {
             metadata: self.metadata,
             version: self.version,
             reporter: self.reporter,
+            settle_beat: self.settle_beat,
         })
     }
 }

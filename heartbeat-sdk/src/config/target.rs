@@ -48,8 +48,8 @@ impl Target {
     /// Where rows go, for the one log line at start and for messages.
     pub fn describe(&self) -> String {
         match self {
-            Target::Supabase(c) => format!("Supabase at {}", c.url.origin().ascii_serialization()),
-            Target::Local(p) => format!("the local store {}", p.display()),
+            Target::Supabase(c) => crate::transport::postgrest::describe(&c.url),
+            Target::Local(p) => crate::transport::sqlite::describe(p),
         }
     }
 
@@ -248,6 +248,27 @@ impl StoreSettings {
         }
     }
 
+    /// [`resolve`](Self::resolve) for a reader: when the local store is not
+    /// named, the first of [`local_read_candidates`] that exists (an admin's
+    /// `status` finds the services' store), with the list looked at.
+    pub(crate) fn resolve_for_reading(&self) -> Result<(Target, Vec<PathBuf>), ConfigError> {
+        let target = self.resolve()?;
+        let defaulted = match &self.store {
+            Some(StoreChoice::Local(None)) => true,
+            None => matches!(target, Target::Local(_)),
+            _ => false,
+        };
+        if !defaulted {
+            return Ok((target, Vec::new()));
+        }
+        let candidates = local_read_candidates();
+        let found = candidates.iter().find(|p| p.exists()).cloned();
+        Ok((
+            Target::Local(found.unwrap_or_else(default_local_path)),
+            candidates,
+        ))
+    }
+
     /// Where the key came from, and its kind (never the key), for `check`.
     pub(crate) fn key_description(&self) -> Option<String> {
         self.key
@@ -266,6 +287,11 @@ impl StoreSettings {
         }
         if key.is_publishable() {
             return Err(ConfigError::PublishableKey {
+                source_name: source,
+            });
+        }
+        if key.jwt_claims().and_then(|c| c.role).as_deref() == Some("anon") {
+            return Err(ConfigError::AnonKey {
                 source_name: source,
             });
         }
@@ -292,9 +318,63 @@ impl StoreSettings {
     }
 }
 
-/// `$XDG_STATE_HOME/hp-heartbeat/heartbeat.db`, else
-/// `$HOME/.local/state/hp-heartbeat/heartbeat.db`, else under the temp dir.
+/// The store of services: systemd's `StateDirectory=hp-heartbeat`, and where
+/// root and system users write when systemd does not say.
+pub(crate) const SYSTEM_STORE: &str = "/var/lib/hp-heartbeat/heartbeat.db";
+const STORE_FILE: &str = "heartbeat.db";
+
+/// Where a reporter writes when `HP_STORE` does not say:
+/// `$STATE_DIRECTORY/heartbeat.db` under systemd's `StateDirectory=`; else, for
+/// root and system users (uid below 1000), [`SYSTEM_STORE`] when its
+/// directory exists or can be made; else the user's own
+/// `$XDG_STATE_HOME/hp-heartbeat/heartbeat.db` (`~/.local/state/...`).
 pub(crate) fn default_local_path() -> PathBuf {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let system_user = unsafe { libc::getuid() } < 1000;
+    choose_write_path(
+        state_directory(),
+        system_user,
+        system_store_usable,
+        user_store_path(),
+    )
+}
+
+fn choose_write_path(
+    state_directory: Option<PathBuf>,
+    system_user: bool,
+    system_store_usable: impl FnOnce() -> bool,
+    user_store: PathBuf,
+) -> PathBuf {
+    match state_directory {
+        Some(dir) => dir.join(STORE_FILE),
+        None if system_user && system_store_usable() => PathBuf::from(SYSTEM_STORE),
+        None => user_store,
+    }
+}
+
+/// Where a reader looks when `HP_STORE` does not say, in order: the first
+/// that exists is read. An admin's `status` so finds the services' store.
+pub(crate) fn local_read_candidates() -> Vec<PathBuf> {
+    let mut candidates: Vec<PathBuf> = state_directory()
+        .map(|d| d.join(STORE_FILE))
+        .into_iter()
+        .collect();
+    for path in [user_store_path(), PathBuf::from(SYSTEM_STORE)] {
+        if !candidates.contains(&path) {
+            candidates.push(path);
+        }
+    }
+    candidates
+}
+
+/// The first of systemd's `$STATE_DIRECTORY` (a colon-separated list).
+fn state_directory() -> Option<PathBuf> {
+    let dirs = std::env::var_os(env::STATE_DIRECTORY)?;
+    let first = dirs.to_str()?.split(':').next()?.to_owned();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
+
+fn user_store_path() -> PathBuf {
     let var = |n: &str| {
         std::env::var_os(n)
             .filter(|v| !v.is_empty())
@@ -303,7 +383,27 @@ pub(crate) fn default_local_path() -> PathBuf {
     let base = var("XDG_STATE_HOME")
         .or_else(|| var("HOME").map(|h| h.join(".local/state")))
         .unwrap_or_else(std::env::temp_dir);
-    base.join("hp-heartbeat").join("heartbeat.db")
+    base.join("hp-heartbeat").join(STORE_FILE)
+}
+
+/// Whether the system store's directory exists and is writable, or can be made.
+fn system_store_usable() -> bool {
+    let Some(dir) = std::path::Path::new(SYSTEM_STORE).parent() else {
+        return false;
+    };
+    let target = if dir.exists() {
+        dir
+    } else {
+        match dir.parent() {
+            Some(parent) => parent,
+            None => return false,
+        }
+    };
+    let Ok(c) = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) with a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
 fn parse_url(raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
@@ -464,6 +564,28 @@ mod tests {
             s.resolve(),
             Err(ConfigError::InvalidSchema { .. })
         ));
+    }
+
+    #[test]
+    fn services_share_one_store_and_users_keep_their_own() {
+        let user = PathBuf::from("/home/ann/.local/state/hp-heartbeat/heartbeat.db");
+        let systemd = Some(PathBuf::from("/var/lib/hp-heartbeat"));
+        assert_eq!(
+            choose_write_path(systemd, false, || false, user.clone()),
+            PathBuf::from("/var/lib/hp-heartbeat/heartbeat.db"),
+            "systemd's StateDirectory= first, for any user"
+        );
+        assert_eq!(
+            choose_write_path(None, true, || true, user.clone()),
+            PathBuf::from(SYSTEM_STORE),
+            "root and system users"
+        );
+        assert_eq!(
+            choose_write_path(None, true, || false, user.clone()),
+            user,
+            "a system user who cannot write there keeps a store of its own"
+        );
+        assert_eq!(choose_write_path(None, false, || true, user.clone()), user);
     }
 
     #[test]

@@ -25,13 +25,13 @@ pub enum ConfigError {
         reason: String,
     },
     /// Plain `http://` to a host other than loopback would send the key in clear.
-    #[error("SUPABASE_URL {value:?} uses plain http to a non-local host, which would send the API key in clear: use https://, or set HP_ALLOW_INSECURE_HTTP=1 (.allow_insecure_http(true)) if the network is trusted")]
+    #[error("SUPABASE_URL {value:?} uses plain http to a non-local host, which would send the API key in clear: use https://, or set HP_ALLOW_INSECURE_HTTP=1 if the network is trusted")]
     InsecureUrl {
         /// The value given.
         value: String,
     },
     /// No API key was given.
-    #[error("no Supabase API key: set SUPABASE_SECRET_KEY (or SUPABASE_SERVICE_ROLE_KEY / SUPABASE_SERVICE_KEY) to the project's secret or service_role key, or pass .key(...)")]
+    #[error("no Supabase API key: set SUPABASE_SECRET_KEY (or SUPABASE_SERVICE_ROLE_KEY / SUPABASE_SERVICE_KEY) to the project's secret or service_role key")]
     MissingKey,
     /// The key cannot be sent as an HTTP header.
     #[error("the API key from {source_name} contains spaces, line breaks or non-ASCII characters: copy the key again without surrounding whitespace")]
@@ -42,6 +42,12 @@ pub enum ConfigError {
     /// A publishable (anon) key cannot write the table.
     #[error("the API key from {source_name} is a publishable (anon) key, which the migration does not allow to write hp_worker_status: use the secret key (sb_secret_...) or the service_role key")]
     PublishableKey {
+        /// Where the key came from.
+        source_name: String,
+    },
+    /// A legacy JWT key whose role is `anon`: the publishable key under its old name.
+    #[error("the API key from {source_name} is the legacy anon key (its role claim is anon), which the migration does not allow to write hp_worker_status: use the secret key (sb_secret_...) or the service_role key")]
+    AnonKey {
         /// Where the key came from.
         source_name: String,
     },
@@ -157,8 +163,8 @@ pub enum SendError {
         /// The server's message.
         message: String,
     },
-    /// No answer within the request timeout; retried.
-    #[error("no answer within {0:?}: retrying (check the network path to SUPABASE_URL)")]
+    /// No answer in time (the request timeout, or the next beat came first).
+    #[error("no answer within {0:?} (check the network path to SUPABASE_URL)")]
     Timeout(Duration),
     /// Could not connect or the connection broke; retried.
     #[error("could not reach the server: {0} (check SUPABASE_URL and the network)")]

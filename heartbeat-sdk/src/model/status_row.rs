@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::model::health::{derive_health, Health};
+use crate::model::health::{Health, DEFAULT_INTERVAL_SECONDS, STALE_AFTER_INTERVALS};
 use crate::model::row::WorkerStatus;
 
 /// One worker's row, read back from Supabase or the local store.
@@ -102,14 +102,37 @@ impl StatusRow {
         WorkerStatus::parse(self.status.as_deref())
     }
 
-    /// Health at `now`, by the same rule as the SQL view `hp_worker_health`.
+    /// Health at `now`. Keep equal to the SQL view `hp_worker_health`: a
+    /// test feeds both the same rows.
+    ///
+    /// A running row is stale when `now - last_heartbeat > 2.5 * interval`
+    /// (exactly at the boundary it is still fresh), and crashed while its
+    /// circuit breaker is open.
     pub fn health(&self, now: DateTime<Utc>) -> Health {
-        derive_health(
-            self.worker_status(),
-            self.last_heartbeat,
-            self.heartbeat_interval_seconds,
-            now,
-        )
+        match self.worker_status() {
+            WorkerStatus::Stopped => Health::Stopped,
+            WorkerStatus::Crashed => Health::Crashed,
+            WorkerStatus::Unknown => Health::Unknown,
+            WorkerStatus::Running => {
+                let Some(last) = self.last_heartbeat else {
+                    return Health::Unknown;
+                };
+                let interval = self
+                    .heartbeat_interval_seconds
+                    .filter(|&i| i > 0)
+                    .unwrap_or(DEFAULT_INTERVAL_SECONDS);
+                // Microseconds, as PostgreSQL's interval arithmetic in the view.
+                let grace_us = (f64::from(interval) * STALE_AFTER_INTERVALS * 1e6) as i64;
+                let age_us = (now - last).num_microseconds().unwrap_or(i64::MAX);
+                if age_us > grace_us {
+                    Health::Stale
+                } else if self.circuit_breaker_open == Some(true) {
+                    Health::Crashed
+                } else {
+                    Health::Running
+                }
+            }
+        }
     }
 
     /// Unhealthy for monitoring: stale, crashed, or the breaker open.
@@ -121,6 +144,64 @@ impl StatusRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Duration;
+
+    fn row(
+        status: &str,
+        age: Option<Duration>,
+        interval: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> StatusRow {
+        let mut r = StatusRow::named("w");
+        r.status = Some(status.into());
+        r.last_heartbeat = age.map(|a| now - a);
+        r.heartbeat_interval_seconds = interval;
+        r
+    }
+
+    #[test]
+    fn health_at_the_boundaries() {
+        let now = Utc::now();
+        let h = |status: &str, ms: Option<i64>, interval: Option<u32>| {
+            row(status, ms.map(Duration::milliseconds), interval, now).health(now)
+        };
+        assert_eq!(h("running", Some(75_000), Some(30)), Health::Running);
+        assert_eq!(h("running", Some(75_001), Some(30)), Health::Stale);
+        assert_eq!(h("running", Some(2_500), Some(1)), Health::Running);
+        assert_eq!(h("running", Some(2_501), Some(1)), Health::Stale);
+        let just_over = row(
+            "running",
+            Some(Duration::microseconds(75_000_001)),
+            Some(30),
+            now,
+        );
+        assert_eq!(just_over.health(now), Health::Stale);
+        assert_eq!(h("running", None, Some(30)), Health::Unknown);
+        assert_eq!(
+            h("running", Some(80_000), None),
+            Health::Stale,
+            "seed rows: 30 s"
+        );
+        assert_eq!(h("stopped", Some(10_000_000), Some(30)), Health::Stopped);
+        assert_eq!(h("crashed", Some(10_000_000), Some(30)), Health::Crashed);
+        assert_eq!(h("unknown", Some(10_000_000), Some(30)), Health::Unknown);
+        assert_eq!(h("paused", Some(1), Some(30)), Health::Unknown);
+    }
+
+    #[test]
+    fn an_open_breaker_is_crashed_even_when_the_status_says_running() {
+        let now = Utc::now();
+        let mut r = row("running", Some(Duration::seconds(1)), Some(30), now);
+        r.circuit_breaker_open = Some(true);
+        assert_eq!(r.health(now), Health::Crashed);
+        assert!(r.needs_attention(now));
+        r.last_heartbeat = Some(now - Duration::seconds(600));
+        assert_eq!(
+            r.health(now),
+            Health::Stale,
+            "silence says more than the breaker"
+        );
+    }
 
     #[test]
     fn reads_a_seed_row_with_nulls_and_missing_columns() {

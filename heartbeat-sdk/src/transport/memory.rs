@@ -3,7 +3,8 @@
 use std::sync::{Arc, Mutex};
 
 use crate::model::row::WorkerRow;
-use crate::transport::{SendFuture, Transport};
+use crate::model::status_row::StatusRow;
+use crate::transport::{ReadFuture, SendFuture, Transport};
 
 /// Keeps every row in memory: for tests of code that reports.
 ///
@@ -43,5 +44,21 @@ impl Transport for MemoryTransport {
 
     fn describe(&self) -> String {
         "memory".into()
+    }
+
+    fn read_row<'a>(&'a mut self, worker_name: &'a str) -> ReadFuture<'a> {
+        let last = self
+            .rows()
+            .into_iter()
+            .rev()
+            .find(|r| r.worker_name == worker_name)
+            .and_then(|r| serde_json::to_value(r).ok())
+            .and_then(|v| serde_json::from_value::<StatusRow>(v).ok())
+            .map(|mut r| {
+                // The store stamps its clock, as the real ones do.
+                r.last_heartbeat = r.client_heartbeat;
+                r
+            });
+        Box::pin(std::future::ready(Ok(last)))
     }
 }

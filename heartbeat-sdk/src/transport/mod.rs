@@ -7,8 +7,9 @@ pub(crate) mod sqlite;
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::model::error::SendError;
+use crate::model::error::{ReadError, SendError};
 use crate::model::row::WorkerRow;
+use crate::model::status_row::StatusRow;
 
 pub use memory::MemoryTransport;
 
@@ -26,7 +27,26 @@ pub trait Transport: Send + 'static {
 
     /// Where rows go, for the one log line at start (never contains a secret).
     fn describe(&self) -> String;
+
+    /// The row stored under `worker_name`, if the store can say (used at
+    /// start to warn when another live instance already reports that name).
+    #[doc(hidden)]
+    fn read_row<'a>(&'a mut self, worker_name: &'a str) -> ReadFuture<'a> {
+        let _ = worker_name;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// What to report when a send took longer than `after` (the beat gave up).
+    #[doc(hidden)]
+    fn timed_out(&self, after: std::time::Duration) -> SendError {
+        SendError::Timeout(after)
+    }
 }
+
+/// What [`Transport::read_row`] returns.
+#[doc(hidden)]
+pub type ReadFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<StatusRow>, ReadError>> + Send + 'a>>;
 
 /// What [`Transport::send`] returns.
 pub(crate) type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;

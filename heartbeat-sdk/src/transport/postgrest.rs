@@ -13,7 +13,13 @@ use crate::model::key::ApiKey;
 use crate::model::row::WorkerRow;
 use crate::model::status_row::StatusRow;
 use crate::model::text::truncate_message;
-use crate::transport::{SendFuture, Transport};
+use crate::transport::{ReadFuture, SendFuture, Transport};
+
+/// The most of an error answer ever read: enough for PostgREST's JSON and a
+/// gateway's page, and a 200 MiB body costs nothing.
+const MAX_ERROR_BODY: usize = 8 * 1024;
+/// The most of one read of rows (a page of up to 1,000 rows is ~2 MiB).
+const MAX_ROWS_BODY: usize = 64 * 1024 * 1024;
 
 /// The table every row goes to.
 pub(crate) const TABLE: &str = "hp_worker_status";
@@ -33,13 +39,40 @@ pub struct PostgrestConfig {
     pub request_timeout: Duration,
 }
 
+/// "Supabase at https://abcdefgh.supabase.co": where rows go, in messages.
+pub(crate) fn describe(url: &Url) -> String {
+    format!("Supabase at {}", url.origin().ascii_serialization())
+}
+
+impl PostgrestConfig {
+    /// What to say about a key that may not do what a reporter needs: a JWT
+    /// whose role is neither `service_role` nor `hp_reporter`.
+    pub fn key_warning(&self) -> Option<String> {
+        let role = self.key.jwt_claims()?.role?;
+        match role.as_str() {
+            "service_role" | "hp_reporter" => None,
+            other => Some(format!(
+                "the API key's role is {other:?}: rows are written only if your grants and policies let that role write hp_worker_status; hp-heartbeat expects the secret (service_role) key, or an hp_reporter key"
+            )),
+        }
+    }
+
+    /// The worker an `hp_reporter` key is scoped to, if it is one.
+    pub fn scoped_worker(&self) -> Option<String> {
+        let claims = self.key.jwt_claims()?;
+        (claims.role.as_deref() == Some("hp_reporter"))
+            .then_some(claims.worker_name)
+            .flatten()
+    }
+}
+
 /// One HTTP client (connections are reused) for every request to the table.
 pub(crate) struct PostgrestClient {
     client: reqwest::Client,
     table: Url,
     schema: HeaderValue,
     request_timeout: Duration,
-    origin: String,
+    description: String,
 }
 
 impl std::fmt::Debug for PostgrestClient {
@@ -96,7 +129,7 @@ impl PostgrestClient {
             table,
             schema,
             request_timeout: config.request_timeout,
-            origin: config.url.origin().ascii_serialization(),
+            description: describe(&config.url),
         })
     }
 
@@ -120,8 +153,42 @@ impl PostgrestClient {
         if (200..300).contains(&status) {
             return Ok(());
         }
-        let body = response.bytes().await.unwrap_or_default();
+        let body = read_at_most(response, MAX_ERROR_BODY).await;
         Err(classify(status, &body).into_send())
+    }
+
+    /// Removes `worker`'s row: `DELETE /rest/v1/hp_worker_status?worker_name=eq.W`.
+    pub async fn delete(&self, worker: &str) -> Result<(), SendError> {
+        let response = self
+            .client
+            .delete(self.worker_url(worker, None))
+            .header("content-profile", self.schema.clone())
+            .header("prefer", "return=minimal")
+            .send()
+            .await
+            .map_err(|e| self.connection_error(e).into_send())?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body = read_at_most(response, MAX_ERROR_BODY).await;
+        Err(classify(status, &body).into_send())
+    }
+
+    /// `worker`'s row, if there is one.
+    pub async fn select_one(&self, worker: &str) -> Result<Option<StatusRow>, ReadError> {
+        let (mut rows, _) = self.get_rows(self.worker_url(worker, Some("*"))).await?;
+        Ok(rows.pop())
+    }
+
+    fn worker_url(&self, worker: &str, select: Option<&str>) -> Url {
+        let mut url = self.table.clone();
+        url.query_pairs_mut()
+            .append_pair("worker_name", &format!("eq.{worker}"));
+        if let Some(columns) = select {
+            url.query_pairs_mut().append_pair("select", columns);
+        }
+        url
     }
 
     /// Every row, ordered by worker name, with the server's clock (its `Date`
@@ -131,6 +198,13 @@ impl PostgrestClient {
     ) -> Result<(Vec<StatusRow>, Option<DateTime<Utc>>), ReadError> {
         let mut url = self.table.clone();
         url.set_query(Some("select=*&order=worker_name.asc"));
+        self.get_rows(url).await
+    }
+
+    async fn get_rows(
+        &self,
+        url: Url,
+    ) -> Result<(Vec<StatusRow>, Option<DateTime<Utc>>), ReadError> {
         let response = self
             .client
             .get(url)
@@ -146,10 +220,11 @@ impl PostgrestClient {
             .and_then(|d| d.to_str().ok())
             .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
             .map(|d| d.with_timezone(&Utc));
-        let body = response.bytes().await.unwrap_or_default();
         if !(200..300).contains(&status) {
+            let body = read_at_most(response, MAX_ERROR_BODY).await;
             return Err(classify(status, &body).into_read());
         }
+        let body = read_at_most(response, MAX_ROWS_BODY).await;
         let rows: Vec<StatusRow> =
             serde_json::from_slice(&body).map_err(|e| ReadError::Unparsable(e.to_string()))?;
         Ok((rows, server_now))
@@ -171,8 +246,26 @@ impl Transport for PostgrestClient {
     }
 
     fn describe(&self) -> String {
-        format!("Supabase at {}", self.origin)
+        self.description.clone()
     }
+
+    fn read_row<'a>(&'a mut self, worker_name: &'a str) -> ReadFuture<'a> {
+        Box::pin(self.select_one(worker_name))
+    }
+}
+
+/// The first `limit` bytes of an answer's body; the rest is never read (the
+/// connection is dropped), whatever the server sends.
+async fn read_at_most(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
 }
 
 /// PostgREST's error body; Supabase's gateway sends only `message` (and `hint`).
