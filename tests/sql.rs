@@ -557,3 +557,45 @@ fn realtime_file_adds_the_table_only_where_the_publication_exists() {
     with.migrate(true).expect("applies twice");
     assert_eq!(with.sql("select count(*) from pg_publication_tables where pubname = 'supabase_realtime' and tablename = 'hp_worker_status';").as_deref(), Ok("1"));
 }
+
+/// What a worker prints or sets can never cost it its row: a NUL byte in
+/// the crash message (PostgreSQL refuses it in text and jsonb: 22P05) and
+/// 500 KB of metadata (over the 8 KiB CHECK) are fitted before they are sent.
+#[test]
+fn a_nul_byte_and_huge_metadata_never_cost_the_row() {
+    let Some(db) = migrated("hostile") else {
+        return;
+    };
+    let store = MemoryTransport::new();
+    let hb = Heartbeat::builder("hostile-worker")
+        .transport(store.clone())
+        .handle_signals(false)
+        .metadata("blob", "x".repeat(500_000))
+        .start()
+        .expect("start");
+    hb.set_metadata("note", "a\0b");
+    hb.job_failed("disk\0full");
+    heartbeat_sdk::sidecar::finish(
+        &hb,
+        FinalState::new(WorkerStatus::Crashed)
+            .exit_code(1)
+            .last_error("panicked at 'boom\0'"),
+    );
+    let rows: Vec<Value> = store
+        .rows()
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("json"))
+        .collect();
+    for row in &rows {
+        upsert_as(&db, &service(), row).expect("PostgreSQL takes every row");
+    }
+    let back: Value = serde_json::from_str(
+        &db.sql("select row_to_json(t)::text from hp_worker_status t;")
+            .expect("read back"),
+    )
+    .expect("json");
+    assert_eq!(back["status"], "crashed", "the crash is recorded");
+    assert_eq!(back["last_error"], "panicked at 'boom\u{FFFD}'");
+    assert_eq!(back["metadata"]["note"], "a\u{FFFD}b");
+    assert_eq!(back["metadata"]["hp_dropped_keys"], json!(["blob"]));
+}

@@ -144,12 +144,21 @@ fn two_processes_share_one_store_without_errors_or_lost_rows() {
                 .args(["--ignored", "--exact", "child_writer", "--quiet"])
                 .env("HP_TEST_STORE", &path)
                 .env("HP_TEST_TAG", tag)
+                // The child's own test report stays out of ours.
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .expect("spawn")
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().expect("wait").success(), "a writer failed");
+    for c in children {
+        let out = c.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "a writer failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let rows = SqliteStore::new(&path).read_all().expect("read");
     assert_eq!(rows.len(), 40, "20 workers per process");
@@ -252,4 +261,28 @@ fn a_read_only_store_is_a_clear_error_and_the_worker_keeps_running() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The same hostile input as the PostgreSQL test, through the local store:
+/// the final crashed row is stored, fitted.
+#[test]
+fn a_nul_byte_and_huge_metadata_never_cost_the_row() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("hostile.db");
+    let hb = Heartbeat::builder("hostile-worker")
+        .local_store(&path)
+        .handle_signals(false)
+        .start()
+        .expect("start");
+    hb.set_metadata("blob", "x".repeat(500_000));
+    hb.job_failed("disk\0full");
+    assert!(heartbeat_sdk::sidecar::finish(
+        &hb,
+        FinalState::new(WorkerStatus::Crashed).last_error("boom\0")
+    ));
+    let row = SqliteStore::new(&path).read_all().expect("read").remove(0);
+    assert_eq!(row.status.as_deref(), Some("crashed"));
+    assert_eq!(row.last_error.as_deref(), Some("boom\u{FFFD}"));
+    let meta = row.metadata.unwrap_or_default();
+    assert_eq!(meta["hp_dropped_keys"], serde_json::json!(["blob"]));
 }

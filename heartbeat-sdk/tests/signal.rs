@@ -40,6 +40,7 @@ fn spawn_child(server: &MockServer) -> Child {
         .env("SUPABASE_SECRET_KEY", SECRET_KEY)
         .env_remove("HP_WORKER_NAME")
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("spawn child")
 }

@@ -393,3 +393,36 @@ async fn unreachable_server_is_a_connect_error_not_a_panic() {
         "{e:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_to_a_plain_http_server_says_so() {
+    let (server, _) = accepting_server().await;
+    let plain = server.uri().replace("http://", "https://");
+    let e = Heartbeat::builder("w")
+        .url(plain)
+        .key(SECRET_KEY)
+        .check()
+        .await
+        .expect_err("no TLS there");
+    assert!(e.to_string().contains("plain http"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_after_is_read_from_the_answer() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            postgrest_error(429, "", "Too many requests").insert_header("retry-after", "30"),
+        )
+        .mount(&server)
+        .await;
+    let e = builder(&server, SECRET_KEY)
+        .check()
+        .await
+        .expect_err("rate limited");
+    let SendOrConfig::Send(e) = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
+    assert!(e.to_string().contains("after the 30 s it asked for"), "{e}");
+}

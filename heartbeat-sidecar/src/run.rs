@@ -223,10 +223,9 @@ pub async fn run(args: RunArgs) -> Exit {
         }
     }
     match &heartbeat {
+        // When it is not stored, the SDK has said why.
         Some(hb) => {
-            if !heartbeat_sdk::sidecar::finish(hb, state) {
-                tracing::warn!("the final row was not stored within {budget:?}");
-            }
+            heartbeat_sdk::sidecar::finish(hb, state);
         }
         None => tracing::error!(
             "heartbeat-sidecar: the worker ended, and it was NOT reported (see the configuration error above)"

@@ -19,6 +19,7 @@ use crate::model::clock::now_micros;
 use crate::model::error::SendError;
 use crate::model::health::Health;
 use crate::model::row::{FinalState, WorkerRow, WorkerStatus};
+use crate::model::text::fit_row;
 use crate::transport::Transport;
 
 /// What stays the same for the life of one reporter.
@@ -43,13 +44,15 @@ pub(crate) struct BeatLoop {
     pub transport: Box<dyn Transport>,
     probe: Box<dyn ProcessProbe>,
     rng: fastrand::Rng,
+    /// One line per kind of failure per 5 minutes; a success does not reset
+    /// it, so a flapping server is not a flood.
     logs: LogLimiter,
     /// Beats that failed since the last success (for the recovery log line).
     failed_beats: u64,
     /// The breaker's state in the previous row, to log when it opens.
     breaker_was_open: bool,
-    /// Its own limiter: a delivered beat clears `logs`, not this.
-    breaker_logs: LogLimiter,
+    /// No send before this: the server's `Retry-After`, capped at one interval.
+    quiet_until: Option<Instant>,
 }
 
 /// How long the look at the row before the first beat may take.
@@ -90,7 +93,7 @@ impl BeatLoop {
             logs: LogLimiter::new(LOG_EVERY),
             failed_beats: 0,
             breaker_was_open: false,
-            breaker_logs: LogLimiter::new(LOG_EVERY),
+            quiet_until: None,
         }
     }
 
@@ -143,9 +146,13 @@ impl BeatLoop {
     }
 
     /// One beat: send, retrying what can be retried, and give up before the
-    /// next beat is due (which sends a fresher row anyway).
+    /// next beat is due (which sends a fresher row anyway). A server that
+    /// asked for quiet (`Retry-After`) gets it, up to one interval.
     async fn beat(&mut self, next_beat: Instant) {
         self.note_breaker();
+        if let Some(until) = self.quiet_until.take() {
+            sleep_until(until).await;
+        }
         let base =
             (self.identity.interval / 20).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut backoff = Backoff::new(base, self.identity.interval / 4);
@@ -159,20 +166,29 @@ impl BeatLoop {
             };
             match sent {
                 Ok(()) => {
-                    if self.failed_beats > 0 {
+                    if self.failed_beats > 0
+                        && self.logs.allow("delivered again", Instant::now()).is_some()
+                    {
                         tracing::info!(
                             worker = %self.identity.worker_name,
                             "heartbeat: delivered again after {} failed beat(s)",
                             self.failed_beats
                         );
-                        self.failed_beats = 0;
-                        self.logs.clear();
                     }
+                    self.failed_beats = 0;
                     return;
                 }
                 Err(e) => {
                     self.log_failure(&e);
-                    let delay = backoff.next_delay(self.rng.f64());
+                    let mut delay = backoff.next_delay(self.rng.f64());
+                    if let Some(asked) = e.retry_after() {
+                        let quiet = Instant::now() + asked.min(self.identity.interval);
+                        if quiet >= next_beat {
+                            self.quiet_until = Some(quiet);
+                            break;
+                        }
+                        delay = delay.max(quiet - Instant::now());
+                    }
                     let last = attempt == MAX_TRIES_PER_BEAT;
                     if last || !e.is_retryable() || Instant::now() + delay >= next_beat {
                         break;
@@ -219,10 +235,7 @@ impl BeatLoop {
     /// Logs the breaker opening (once per transition, at most every 5 minutes).
     fn note_breaker(&mut self) {
         let open = self.shared.counters.circuit_open();
-        if open
-            && !self.breaker_was_open
-            && self.breaker_logs.allow("breaker", Instant::now()).is_some()
-        {
+        if open && !self.breaker_was_open && self.logs.allow("breaker", Instant::now()).is_some() {
             tracing::warn!(
                 worker = %self.identity.worker_name,
                 "heartbeat: circuit breaker open after {} errors in a row; the row says crashed until a job succeeds or reset_circuit() is called",
@@ -288,7 +301,7 @@ impl BeatLoop {
         let last_error = final_state
             .and_then(|f| f.last_error.clone())
             .or(counters.last_error);
-        WorkerRow {
+        let mut row = WorkerRow {
             worker_name: id.worker_name.clone(),
             status,
             client_heartbeat: now_micros(),
@@ -310,7 +323,9 @@ impl BeatLoop {
             exit_code: final_state.and_then(|f| f.exit_code),
             exit_signal: final_state.and_then(|f| f.exit_signal),
             heartbeat_interval_seconds: u32::try_from(id.interval.as_secs()).unwrap_or(u32::MAX),
-        }
+        };
+        fit_row(&mut row);
+        row
     }
 }
 
@@ -340,10 +355,12 @@ pub(crate) mod tests {
         Hang,
     }
 
-    /// Answers from a script (the last step repeats), recording each send.
+    /// Answers from a script (the last step repeats), or flaps between
+    /// success and an error every period; records each send.
     #[derive(Clone, Default)]
     pub struct Scripted {
         script: Arc<Mutex<VecDeque<Step>>>,
+        flap: Option<(Instant, Duration, SendError)>,
         pub sent: Arc<Mutex<Vec<(Instant, WorkerRow)>>>,
     }
 
@@ -351,7 +368,15 @@ pub(crate) mod tests {
         pub fn new(steps: impl IntoIterator<Item = Step>) -> Self {
             Scripted {
                 script: Arc::new(Mutex::new(steps.into_iter().collect())),
+                flap: None,
                 sent: Arc::default(),
+            }
+        }
+        /// Succeeds for `period`, fails with `error` for `period`, and so on.
+        pub fn flapping(period: Duration, error: SendError) -> Self {
+            Scripted {
+                flap: Some((Instant::now(), period, error)),
+                ..Scripted::default()
             }
         }
         pub fn times(&self, start: Instant) -> Vec<Duration> {
@@ -373,12 +398,22 @@ pub(crate) mod tests {
             if let Ok(mut sent) = self.sent.lock() {
                 sent.push((Instant::now(), row.clone()));
             }
-            let step = {
-                let mut script = self.script.lock().expect("script");
-                if script.len() > 1 {
-                    script.pop_front()
-                } else {
-                    script.front().cloned()
+            let step = match &self.flap {
+                Some((start, period, error)) => {
+                    let phase = (Instant::now() - *start).as_millis() / period.as_millis();
+                    Some(if phase % 2 == 0 {
+                        Step::Ok
+                    } else {
+                        Step::Fail(error.clone())
+                    })
+                }
+                None => {
+                    let mut script = self.script.lock().expect("script");
+                    if script.len() > 1 {
+                        script.pop_front()
+                    } else {
+                        script.front().cloned()
+                    }
                 }
             };
             Box::pin(async move {
@@ -410,6 +445,16 @@ pub(crate) mod tests {
             status: 503,
             code: String::new(),
             message: "unavailable".into(),
+            retry_after: None,
+        }
+    }
+
+    fn rate_limited(after: Duration) -> SendError {
+        SendError::Server {
+            status: 429,
+            code: String::new(),
+            message: "slow down".into(),
+            retry_after: Some(after),
         }
     }
 
@@ -591,6 +636,73 @@ pub(crate) mod tests {
         assert!(sends >= 118 * 4, "{sends} sends");
         let lines = logs.lines("beat not stored");
         assert!((12..=13).contains(&lines), "{lines} lines in an hour");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured_up_to_one_interval() {
+        // Asked for 30 s with a 30 s beat: nothing in between.
+        let transport = Scripted::new([Step::Fail(rate_limited(Duration::from_secs(30)))]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.first(), Some(&Duration::ZERO));
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(
+                gap >= Duration::from_secs(30),
+                "a send within Retry-After: {times:?}"
+            );
+        }
+        assert!((3..=4).contains(&times.len()), "{times:?}");
+
+        // Asked for an hour with a 10 s beat: one send per beat, no retries.
+        let transport = Scripted::new([Step::Fail(rate_limited(Duration::from_secs(3600)))]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(10), 10).run());
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert!(
+            (9..=11).contains(&times.len()),
+            "capped at one interval: {times:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_retry_after_is_waited_for_within_the_beat() {
+        let transport = Scripted::new([Step::Fail(rate_limited(Duration::from_secs(5))), Step::Ok]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.len(), 2, "{times:?}");
+        assert!(
+            times[1] >= Duration::from_secs(5),
+            "retried before it was asked: {times:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_server_logs_one_line_per_kind_per_five_minutes() {
+        let (logs, _guard) = Logs::capture();
+        let transport = Scripted::flapping(Duration::from_secs(5), server_error());
+        let beat = beat_loop(transport.clone(), Duration::from_secs(1), 10);
+        let run = beat.run();
+        tokio::pin!(run);
+        let _ = tokio::time::timeout(Duration::from_secs(150), &mut run).await;
+        assert!(transport.rows().len() > 100, "it kept beating");
+        assert_eq!(
+            logs.lines("beat not stored"),
+            1,
+            "one kind, one line in 150 s"
+        );
+        assert_eq!(
+            logs.lines("delivered again"),
+            1,
+            "one recovery line per window"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -41,11 +41,6 @@ impl LogLimiter {
             }
         }
     }
-
-    /// Forgets everything: after a success, the next failure is news again.
-    pub(crate) fn clear(&mut self) {
-        self.seen.clear();
-    }
 }
 
 #[cfg(test)]

@@ -567,6 +567,45 @@ mod tests {
     }
 
     #[test]
+    fn a_legacy_anon_key_is_refused_at_start() {
+        use base64::Engine as _;
+        let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwt = |role: &str| {
+            format!(
+                "{}.{}.FAKE",
+                enc.encode(r#"{"alg":"HS256"}"#),
+                enc.encode(format!(r#"{{"role":"{role}","iss":"supabase"}}"#))
+            )
+        };
+        let with = |key: &str| {
+            settings(&[
+                ("SUPABASE_URL", "https://x.supabase.co"),
+                ("SUPABASE_SERVICE_KEY", key),
+            ])
+        };
+        let e = with(&jwt("anon"))
+            .resolve()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("anon") && e.contains("SUPABASE_SERVICE_KEY") && !e.contains("FAKE"),
+            "{e}"
+        );
+        let Ok(Target::Supabase(ok)) = with(&jwt("service_role")).resolve() else {
+            panic!("service_role is fine")
+        };
+        assert_eq!(ok.key_warning(), None);
+        let Ok(Target::Supabase(odd)) = with(&jwt("authenticated")).resolve() else {
+            panic!("authenticated is warned, not refused")
+        };
+        assert!(odd
+            .key_warning()
+            .is_some_and(|w| w.contains("\"authenticated\"")));
+    }
+
+    #[test]
     fn services_share_one_store_and_users_keep_their_own() {
         let user = PathBuf::from("/home/ann/.local/state/hp-heartbeat/heartbeat.db");
         let systemd = Some(PathBuf::from("/var/lib/hp-heartbeat"));

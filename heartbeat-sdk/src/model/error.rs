@@ -132,7 +132,7 @@ pub enum SendError {
         message: String,
     },
     /// 503 PGRST002: PostgREST is reloading its schema cache; retried.
-    #[error("HTTP {status} {code}: {message} (PostgREST is reloading its schema cache: retrying)")]
+    #[error("HTTP {status} {code}: {message} (PostgREST is reloading its schema cache: a reporter retries this)")]
     SchemaReloading {
         /// HTTP status.
         status: u16,
@@ -140,6 +140,8 @@ pub enum SendError {
         code: String,
         /// The server's message.
         message: String,
+        /// How long the server asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// Any other 4xx: the row was refused (e.g. a CHECK constraint).
     #[error("HTTP {status} {code}: {message} (the row was refused; {hint})")]
@@ -154,7 +156,7 @@ pub enum SendError {
         hint: String,
     },
     /// 5xx or 429: a server-side failure; retried.
-    #[error("HTTP {status} {code}: {message} (server error: retrying)")]
+    #[error("HTTP {status} {code}: {message} (the server failed or is rate limiting: a reporter retries this{})", retry_after.map(|d| format!(" after the {} s it asked for", d.as_secs())).unwrap_or_default())]
     Server {
         /// HTTP status.
         status: u16,
@@ -162,6 +164,8 @@ pub enum SendError {
         code: String,
         /// The server's message.
         message: String,
+        /// How long the server asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// No answer in time (the request timeout, or the next beat came first).
     #[error("no answer within {0:?} (check the network path to SUPABASE_URL)")]
@@ -184,6 +188,15 @@ impl SendError {
                 | SendError::Timeout(_)
                 | SendError::Connect(_)
         )
+    }
+
+    /// How long the server asked to be left alone (429/503 `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SendError::Server { retry_after, .. }
+            | SendError::SchemaReloading { retry_after, .. } => *retry_after,
+            _ => None,
+        }
     }
 
     /// A short stable key, so the same failure is logged once per period.

@@ -149,12 +149,10 @@ impl PostgrestClient {
             .send()
             .await
             .map_err(|e| self.connection_error(e).into_send())?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
+        if response.status().is_success() {
             return Ok(());
         }
-        let body = read_at_most(response, MAX_ERROR_BODY).await;
-        Err(classify(status, &body).into_send())
+        Err(classify_response(response).await.into_send())
     }
 
     /// Removes `worker`'s row: `DELETE /rest/v1/hp_worker_status?worker_name=eq.W`.
@@ -167,12 +165,10 @@ impl PostgrestClient {
             .send()
             .await
             .map_err(|e| self.connection_error(e).into_send())?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
+        if response.status().is_success() {
             return Ok(());
         }
-        let body = read_at_most(response, MAX_ERROR_BODY).await;
-        Err(classify(status, &body).into_send())
+        Err(classify_response(response).await.into_send())
     }
 
     /// `worker`'s row, if there is one.
@@ -221,8 +217,7 @@ impl PostgrestClient {
             .and_then(|d| DateTime::parse_from_rfc2822(d).ok())
             .map(|d| d.with_timezone(&Utc));
         if !(200..300).contains(&status) {
-            let body = read_at_most(response, MAX_ERROR_BODY).await;
-            return Err(classify(status, &body).into_read());
+            return Err(classify_response(response).await.into_read());
         }
         let body = read_at_most(response, MAX_ROWS_BODY).await;
         let rows: Vec<StatusRow> =
@@ -232,11 +227,27 @@ impl PostgrestClient {
 
     fn connection_error(&self, e: reqwest::Error) -> Failure {
         if e.is_timeout() {
-            Failure::Timeout(self.request_timeout)
-        } else {
-            // The URL holds no secret; strip it anyway to keep messages short.
-            Failure::Connect(e.without_url().to_string())
+            return Failure::Timeout(self.request_timeout);
         }
+        // reqwest's own message is "error sending request": the cause is
+        // further down the chain. The URL holds no secret; it is left out
+        // anyway to keep messages short.
+        let e = e.without_url();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text = format!("{text}: {cause_text}");
+            }
+            source = cause.source();
+        }
+        if text.contains("InvalidContentType") || text.contains("corrupt message") {
+            text.push_str(
+                " (the server did not answer in TLS: it speaks plain http; use an https:// server, or http:// for a local one)",
+            );
+        }
+        Failure::Connect(text)
     }
 }
 
@@ -285,6 +296,7 @@ enum Failure {
         code: String,
         message: String,
         hint: String,
+        retry_after: Option<Duration>,
     },
     Timeout(Duration),
     Connect(String),
@@ -299,6 +311,22 @@ enum AnswerKind {
     SchemaReloading,
     Server,
     Other,
+}
+
+/// `Retry-After`: a number of seconds, or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = DateTime::parse_from_rfc2822(value)
+        .ok()?
+        .with_timezone(&Utc);
+    (at - Utc::now()).to_std().ok()
 }
 
 /// Sorts a non-2xx answer by what the user can do about it.
@@ -336,6 +364,32 @@ fn classify(status: u16, body: &[u8]) -> Failure {
         code,
         message,
         hint,
+        retry_after: None,
+    }
+}
+
+/// [`classify`] an answer, keeping what its headers ask for.
+async fn classify_response(response: reqwest::Response) -> Failure {
+    let status = response.status().as_u16();
+    let asked = retry_after(response.headers());
+    let body = read_at_most(response, MAX_ERROR_BODY).await;
+    match classify(status, &body) {
+        Failure::Answer {
+            kind,
+            status,
+            code,
+            message,
+            hint,
+            ..
+        } => Failure::Answer {
+            kind,
+            status,
+            code,
+            message,
+            hint,
+            retry_after: asked,
+        },
+        other => other,
     }
 }
 
@@ -350,6 +404,7 @@ impl Failure {
                 code,
                 message,
                 hint,
+                retry_after,
             } => match kind {
                 AnswerKind::Unauthorized => SendError::Unauthorized {
                     status,
@@ -375,11 +430,13 @@ impl Failure {
                     status,
                     code,
                     message,
+                    retry_after,
                 },
                 AnswerKind::Server => SendError::Server {
                     status,
                     code,
                     message,
+                    retry_after,
                 },
                 AnswerKind::Other => SendError::Rejected {
                     status,
@@ -401,6 +458,7 @@ impl Failure {
                 code,
                 message,
                 hint,
+                ..
             } => match kind {
                 AnswerKind::Unauthorized => ReadError::Unauthorized {
                     status,
