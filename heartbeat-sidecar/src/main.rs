@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod exit;
+mod group;
 mod lines;
 mod output;
 mod run;

@@ -18,6 +18,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::cli::RunArgs;
 use crate::exit::{classify, signal_name, Exit, SHUTDOWN_SIGNALS, USAGE};
+use crate::group::{worker_gets_its_own_group, GroupGuard};
 use crate::lines::{combine, LineMatcher, Pattern};
 use crate::output::{pump, tail_text, Stream};
 use crate::socket::ReportSocket;
@@ -40,6 +41,15 @@ const SETTLE_BEAT: Duration = Duration::from_secs(2);
 
 /// Runs the worker to its end and says how the sidecar must end.
 pub async fn run(args: RunArgs) -> Exit {
+    // First, while this process has one thread: the guard is a fork.
+    let own_group = worker_gets_its_own_group();
+    let mut guard = if own_group {
+        GroupGuard::start()
+            .map_err(|e| tracing::warn!("cannot start the process-group guard ({e}): if the sidecar is killed with SIGKILL, what the worker started may keep running"))
+            .ok()
+    } else {
+        None
+    };
     let reporting = match prepare(&args) {
         Ok(p) => Some(p),
         Err(e) if args.strict => {
@@ -79,6 +89,9 @@ pub async fn run(args: RunArgs) -> Exit {
     if let Some(s) = &socket {
         command.env("HP_SIDECAR_SOCKET", s.path());
     }
+    if own_group {
+        command.process_group(0);
+    }
     let parent = std::process::id();
     // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
     unsafe {
@@ -105,6 +118,9 @@ pub async fn run(args: RunArgs) -> Exit {
         eprintln!("heartbeat-sidecar: the worker ended before it could be watched");
         return Exit::Code(1);
     };
+    if let Some(g) = guard.as_mut() {
+        g.watch(pid as i32);
+    }
     let (heartbeat, job, error) = match reporting {
         Some(Prepared {
             builder,
@@ -232,6 +248,10 @@ pub async fn run(args: RunArgs) -> Exit {
         ),
     }
     drop(socket);
+    // Whatever the worker started and left running goes with it.
+    if let Some(g) = guard.as_mut() {
+        g.end(Duration::from_secs(1));
+    }
     exit
 }
 

@@ -714,3 +714,133 @@ async fn max_memory_stops_the_worker_gracefully_and_says_why() {
     let why = last["last_error"].as_str().unwrap_or_default();
     assert!(why.contains("--max-memory 60.0 MiB"), "{why}");
 }
+
+/// The pids of `pid`'s children (every thread's).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// What the worker started (a helper, what `sh -c` or `npm run` spawns)
+/// goes too when the sidecar is SIGKILLed: no orphan keeps running unreported.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_the_sidecar_ends_the_workers_whole_process_group() {
+    let server = postgrest().await;
+    let child = quiet(&mut sidecar_to(&server))
+        .args([
+            "run",
+            "--name",
+            "grandparent",
+            "--",
+            "sh",
+            "-c",
+            "sleep 300 & sleep 300 & wait",
+        ])
+        .spawn()
+        .expect("spawn");
+    let running = wait_row(&server, "grandparent", Duration::from_secs(10), |r| {
+        r["status"] == "running"
+    })
+    .await
+    .expect("running");
+    let worker = running["pid"].as_i64().expect("pid") as i32;
+    let grandchildren = eventually(Duration::from_secs(5), "the worker's two sleeps", || {
+        let c = children_of(worker);
+        (c.len() == 2).then_some(c)
+    });
+    kill(child.id() as i32, libc::SIGKILL);
+    let _ = wait_exit(child, Duration::from_secs(5)).await;
+    for pid in grandchildren.iter().chain([&worker]) {
+        eventually(Duration::from_secs(5), &format!("{pid} ends"), || {
+            (!alive(*pid)).then_some(())
+        });
+    }
+}
+
+/// At a normal end too, what the worker left running is ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_worker_leaves_running_ends_with_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pidfile = dir.path().join("left.pid");
+    let script = format!("sleep 300 & echo $! > {}; exit 0", pidfile.display());
+    let server = postgrest().await;
+    let out = quiet(&mut sidecar_to(&server))
+        .args(["run", "--name", "leaver", "--", "sh", "-c", &script])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let left: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    eventually(Duration::from_secs(5), "the leftover sleep ends", || {
+        (!alive(left)).then_some(())
+    });
+}
+
+fn threads_of(pid: i32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Another process holding the local store's lock: beats wait one at a time
+/// (no thread parked per beat) and the warning says it is a lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_locked_local_store_parks_no_thread_per_beat() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("locked.db");
+    let mut cmd = sidecar();
+    cmd.env("HP_STORE", &db)
+        .env("HP_HEARTBEAT_INTERVAL_SECS", "1")
+        .args(["run", "--name", "patient", "--", "sleep", "30"]);
+    let child = quiet(&mut cmd).spawn().expect("spawn");
+    let pid = child.id() as i32;
+    wait_local_row(&db, "patient");
+    let before = threads_of(pid);
+    let holder = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&db).expect("open");
+            conn.execute_batch("begin exclusive").expect("lock");
+            std::thread::sleep(Duration::from_secs(8));
+            conn.execute_batch("commit").expect("unlock");
+        })
+    };
+    let mut most = before;
+    for _ in 0..16 {
+        std::thread::sleep(Duration::from_millis(500));
+        most = most.max(threads_of(pid));
+    }
+    holder.join().expect("holder");
+    kill(pid, libc::SIGTERM);
+    let (_, child) = wait_exit(child, Duration::from_secs(10)).await;
+    let err = String::from_utf8_lossy(&child.wait_with_output().expect("out").stderr).into_owned();
+    assert!(
+        most <= before + 1,
+        "threads grew from {before} to {most} while the store was locked"
+    );
+    assert!(err.contains("locked by another process"), "{err}");
+    assert!(
+        !err.contains("network path"),
+        "a lock is not a network problem: {err}"
+    );
+    assert_eq!(
+        wait_local_row(&db, "patient").status.as_deref(),
+        Some("stopped"),
+        "the final row once the lock was gone"
+    );
+}
