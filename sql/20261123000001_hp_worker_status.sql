@@ -119,7 +119,11 @@ select
          and now() - w.last_heartbeat
              > make_interval(secs => 2.5 * coalesce(nullif(w.heartbeat_interval_seconds, 0), 30))
       then 'stale'
-    else w.status
+    -- An open breaker is a crash whatever the status column says (seed
+    -- clients report `running` with the breaker open).
+    when w.status = 'running' and w.circuit_breaker_open then 'crashed'
+    when w.status in ('running', 'stopped', 'crashed') then w.status
+    else 'unknown'
   end as health,
   extract(epoch from now() - w.last_heartbeat)::double precision as seconds_since_heartbeat,
   w.status,
@@ -139,7 +143,7 @@ select
 from public.hp_worker_status w;
 
 comment on view public.hp_worker_health is
-  'hp_worker_status with derived health: running, stale (no beat for 2.5 intervals), stopped, crashed, unknown.';
+  'hp_worker_status with derived health: running, stale (no beat for 2.5 intervals), stopped, crashed (or breaker open), unknown.';
 
 -- Secure by default. Supabase no longer grants new tables to its API roles,
 -- and older projects granted everything to all of them: say it explicitly.
@@ -157,8 +161,22 @@ grant select on table public.hp_worker_health to service_role;
 grant select on table public.hp_worker_status to authenticated;
 grant select on table public.hp_worker_health to authenticated;
 
+-- The table's policies are this migration's: a table made by the seed guide
+-- may carry its "Allow all" policy (FOR ALL USING (true)), which would let any
+-- role with a grant read and write every row. Policies not named hp_... are
+-- dropped, each named in a NOTICE; name your own policies hp_local_... to keep them.
 do $$
+declare
+  foreign_policy record;
 begin
+  for foreign_policy in
+    select policyname from pg_policies
+    where schemaname = 'public' and tablename = 'hp_worker_status'
+      and policyname not like 'hp\_%'
+  loop
+    raise notice 'hp_worker_status: dropping policy "%" (not one of hp-heartbeat''s; name your own policies hp_local_... to keep them)', foreign_policy.policyname;
+    execute format('drop policy %I on public.hp_worker_status', foreign_policy.policyname);
+  end loop;
   if not exists (
     select 1 from pg_policies
     where schemaname = 'public' and tablename = 'hp_worker_status'

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use heartbeat_sdk::{derive_health, FinalState, Heartbeat, MemoryTransport, WorkerStatus};
+use heartbeat_sdk::sidecar::FinalState;
+use heartbeat_sdk::{Heartbeat, MemoryTransport, StatusRow, WorkerStatus};
+use hp_heartbeat_tests::eventually::eventually;
 use hp_heartbeat_tests::pg::{self, Database};
 use hp_heartbeat_tests::postgrest_sql::{self, COLUMN_TYPES_SQL};
 use serde_json::{json, Value};
@@ -26,20 +28,17 @@ fn sdk_rows() -> Vec<Value> {
         .metadata("queue", "orders")
         .start()
         .expect("start");
-    hb.increment_job();
-    hb.job_failed(&"upstream said 502");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while store.rows().is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    hb.finish_blocking(
-        FinalState {
-            status: WorkerStatus::Crashed,
-            exit_code: Some(3),
-            exit_signal: Some(9),
-            last_error: Some("panicked at 'boom'".into()),
-        },
-        Duration::from_secs(2),
+    hb.job_succeeded();
+    hb.job_failed("upstream said 502");
+    eventually(Duration::from_secs(5), "a first beat", || {
+        (!store.rows().is_empty()).then_some(())
+    });
+    heartbeat_sdk::sidecar::finish(
+        &hb,
+        FinalState::new(WorkerStatus::Crashed)
+            .exit_code(3)
+            .exit_signal(9)
+            .last_error("panicked at 'boom'"),
     );
     let rows: Vec<Value> = store
         .rows()
@@ -152,6 +151,57 @@ fn upgrades_a_table_made_by_the_seed_keeping_its_rows() {
         Ok("42")
     );
     upsert_as(&db, &service(), &a_row("new-worker")).expect("the SDK writes to the upgraded table");
+}
+
+/// The original seed guide made the table with RLS on and an "Allow all"
+/// policy: with the optional hp_reporter role, a reporter could then read and
+/// update every worker's row.
+#[test]
+fn upgrading_a_seed_table_drops_its_allow_all_policy_and_says_so() {
+    let Some(server) = pg::server() else { return };
+    let db = server.fresh_database("seedpolicy");
+    db.sql(
+        "create table public.hp_worker_status (
+           worker_name text primary key, status text, last_heartbeat timestamptz default now(),
+           jobs_processed integer default 0, error_count integer default 0,
+           circuit_breaker_open boolean default false, metadata jsonb default '{}');
+         alter table public.hp_worker_status enable row level security;
+         create policy \"Allow all\" on public.hp_worker_status for all using (true) with check (true);
+         grant all on public.hp_worker_status to anon, authenticated;
+         insert into public.hp_worker_status (worker_name, status) values ('other-worker', 'running');",
+    )
+    .expect("seed table with its policy");
+    let notices = db
+        .sql_with_notices(
+            &std::fs::read_to_string(
+                pg::repo_root().join("sql/20261123000001_hp_worker_status.sql"),
+            )
+            .expect("file"),
+        )
+        .expect("migrates");
+    assert!(
+        notices.contains("dropping policy \"Allow all\""),
+        "the NOTICE names the dropped policy: {notices}"
+    );
+    db.migrate(true).expect("the rest applies");
+    let policies = db
+        .sql("select string_agg(policyname, ',' order by policyname) from pg_policies where tablename = 'hp_worker_status';")
+        .expect("policies");
+    assert!(
+        !policies.contains("Allow all") && policies.split(',').all(|p| p.starts_with("hp_")),
+        "{policies}"
+    );
+    let me = json!({"role": "hp_reporter", "worker_name": "scoped-worker"});
+    assert_eq!(
+        db.as_request(&me, "select count(*) from hp_worker_status")
+            .as_deref(),
+        Ok("0"),
+        "a reporter no longer sees other workers"
+    );
+    let anon = db
+        .as_request(&json!({"role": "anon"}), "select * from hp_worker_status")
+        .expect_err("anon reads");
+    assert!(anon.contains("42501"), "{anon}");
 }
 
 #[test]
@@ -363,12 +413,12 @@ fn last_heartbeat_is_the_database_clock_not_the_workers() {
     );
 }
 
-/// The view and `derive_health` agree on the same rows, at the boundaries.
+/// The view and `StatusRow::health` agree on the same rows, at the boundaries.
 #[test]
 fn health_view_and_rust_agree_at_the_boundaries() {
     let Some(db) = migrated("health") else { return };
-    // (name, status, age in microseconds or none, interval)
-    let mut cases: Vec<(String, &str, Option<i64>, i32)> = Vec::new();
+    // (name, status, age in microseconds or none, interval, breaker open)
+    let mut cases: Vec<(String, &str, Option<i64>, i32, bool)> = Vec::new();
     for (interval, grace_us) in [(30, 75_000_000i64), (1, 2_500_000), (60, 150_000_000)] {
         for (tag, age) in [
             ("fresh", 0),
@@ -378,56 +428,61 @@ fn health_view_and_rust_agree_at_the_boundaries() {
             ("old", grace_us * 10),
         ] {
             for status in ["running", "stopped", "crashed", "unknown"] {
-                cases.push((
-                    format!("{status}-{tag}-{interval}"),
-                    status,
-                    Some(age),
-                    interval,
-                ));
+                for breaker in [false, true] {
+                    cases.push((
+                        format!("{status}-{tag}-{interval}-{breaker}"),
+                        status,
+                        Some(age),
+                        interval,
+                        breaker,
+                    ));
+                }
             }
         }
     }
-    cases.push(("running-never".into(), "running", None, 30));
-    cases.push(("unknown-never".into(), "unknown", None, 30));
+    cases.push(("running-never".into(), "running", None, 30, false));
+    cases.push(("unknown-never".into(), "unknown", None, 30, false));
     // Triggers would stamp now(): write the ages directly, as a replica would,
     // and read them in the same transaction, so now() is one instant for the
     // rows, the view and Rust.
     let mut sql = String::from("begin; set local session_replication_role = replica;\n");
-    for (name, status, age, interval) in &cases {
+    for (name, status, age, interval, breaker) in &cases {
         let last = match age {
             Some(us) => format!("now() - make_interval(secs => {us}::double precision / 1000000)"),
             None => "null".into(),
         };
         sql.push_str(&format!(
-            "insert into hp_worker_status (worker_name, status, last_heartbeat, heartbeat_interval_seconds) values ('{name}', '{status}', {last}, {interval}) \\g /dev/null\n"
+            "insert into hp_worker_status (worker_name, status, last_heartbeat, heartbeat_interval_seconds, circuit_breaker_open) values ('{name}', '{status}', {last}, {interval}, {breaker}) \\g /dev/null\n"
         ));
     }
     sql.push_str("select to_json(now())::text;\n");
-    sql.push_str("select worker_name || '|' || status || '|' || coalesce(to_json(last_heartbeat)::text, '') || '|' || heartbeat_interval_seconds || '|' || health from hp_worker_health;\n");
-    sql.push_str("select '#spot ' || string_agg(worker_name || '=' || health, ',' order by worker_name) from hp_worker_health where worker_name in ('running-at-30', 'running-just-stale-30', 'running-never');\n");
+    sql.push_str("select worker_name || '|' || status || '|' || coalesce(to_json(last_heartbeat)::text, '') || '|' || heartbeat_interval_seconds || '|' || circuit_breaker_open || '|' || health from hp_worker_health;\n");
+    sql.push_str("select '#spot ' || string_agg(worker_name || '=' || health, ',' order by worker_name) from hp_worker_health where worker_name in ('running-at-30-false', 'running-just-stale-30-false', 'running-never', 'running-fresh-30-true', 'running-old-30-true');\n");
     sql.push_str("rollback;\n");
     let out = db.sql(&sql).expect("rows and view");
     let (out, spot) = out.split_once("#spot ").expect("spot line");
     assert_eq!(
         spot.trim(),
-        "running-at-30=running,running-just-stale-30=stale,running-never=unknown",
-        "at the boundary: fresh; just over: stale; never beat: unknown"
+        "running-at-30-false=running,running-fresh-30-true=crashed,running-just-stale-30-false=stale,running-never=unknown,running-old-30-true=stale",
+        "at the boundary: fresh; just over: stale; never beat: unknown; breaker open: crashed unless silent"
     );
     let mut lines = out.lines();
     let now: DateTime<Utc> = serde_json::from_str(lines.next().expect("now")).expect("now parses");
     let mut compared = 0;
     for line in lines {
         let f: Vec<&str> = line.split('|').collect();
-        let status: WorkerStatus = serde_json::from_value(json!(f[1])).expect("status");
-        let last: Option<DateTime<Utc>> =
-            (!f[2].is_empty()).then(|| serde_json::from_str(f[2]).expect("time"));
-        let rust = derive_health(status, last, f[3].parse().ok(), now);
+        let mut row = StatusRow::named(f[0]);
+        row.status = Some(f[1].to_owned());
+        row.last_heartbeat = (!f[2].is_empty()).then(|| serde_json::from_str(f[2]).expect("time"));
+        row.heartbeat_interval_seconds = f[3].parse().ok();
+        row.circuit_breaker_open = Some(f[4] == "t" || f[4] == "true");
+        let rust = row.health(now);
         assert_eq!(
             rust.as_str(),
-            f[4],
+            f[5],
             "{} disagrees: rust {rust:?}, sql {}",
             f[0],
-            f[4]
+            f[5]
         );
         compared += 1;
     }
@@ -463,10 +518,10 @@ fn every_sdk_key_is_a_column_with_a_compatible_type() {
                     let b: DateTime<Utc> = serde_json::from_value(back.clone()).expect("time");
                     assert_eq!(a, b, "{key}");
                 }
-                "cpu_percent" => {
-                    let (a, b) = (sent.as_f64().unwrap_or(-1.0), back.as_f64().unwrap_or(-2.0));
-                    assert!((a - b).abs() < 1e-3, "{key}: {a} vs {b}");
-                }
+                "cpu_percent" => match (sent.as_f64(), back.as_f64()) {
+                    (Some(a), Some(b)) => assert!((a - b).abs() < 1e-3, "{key}: {a} vs {b}"),
+                    _ => assert_eq!(sent, back, "{key}"),
+                },
                 _ => assert_eq!(sent, back, "{key} does not read back as sent"),
             }
         }
@@ -501,4 +556,46 @@ fn realtime_file_adds_the_table_only_where_the_publication_exists() {
     with.migrate(true).expect("applies");
     with.migrate(true).expect("applies twice");
     assert_eq!(with.sql("select count(*) from pg_publication_tables where pubname = 'supabase_realtime' and tablename = 'hp_worker_status';").as_deref(), Ok("1"));
+}
+
+/// What a worker prints or sets can never cost it its row: a NUL byte in
+/// the crash message (PostgreSQL refuses it in text and jsonb: 22P05) and
+/// 500 KB of metadata (over the 8 KiB CHECK) are fitted before they are sent.
+#[test]
+fn a_nul_byte_and_huge_metadata_never_cost_the_row() {
+    let Some(db) = migrated("hostile") else {
+        return;
+    };
+    let store = MemoryTransport::new();
+    let hb = Heartbeat::builder("hostile-worker")
+        .transport(store.clone())
+        .handle_signals(false)
+        .metadata("blob", "x".repeat(500_000))
+        .start()
+        .expect("start");
+    hb.set_metadata("note", "a\0b");
+    hb.job_failed("disk\0full");
+    heartbeat_sdk::sidecar::finish(
+        &hb,
+        FinalState::new(WorkerStatus::Crashed)
+            .exit_code(1)
+            .last_error("panicked at 'boom\0'"),
+    );
+    let rows: Vec<Value> = store
+        .rows()
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("json"))
+        .collect();
+    for row in &rows {
+        upsert_as(&db, &service(), row).expect("PostgreSQL takes every row");
+    }
+    let back: Value = serde_json::from_str(
+        &db.sql("select row_to_json(t)::text from hp_worker_status t;")
+            .expect("read back"),
+    )
+    .expect("json");
+    assert_eq!(back["status"], "crashed", "the crash is recorded");
+    assert_eq!(back["last_error"], "panicked at 'boom\u{FFFD}'");
+    assert_eq!(back["metadata"]["note"], "a\u{FFFD}b");
+    assert_eq!(back["metadata"]["hp_dropped_keys"], json!(["blob"]));
 }

@@ -39,54 +39,71 @@
 //! - Send failures are never returned to the worker: each distinct failure is
 //!   logged through `tracing` at most once per 5 minutes, with its fix.
 //!
+//! # In libraries and in executables
+//!
+//! The free functions ([`increment_job`], [`increment_error`]) do nothing
+//! until [`start_heartbeat`] has run, so a library may call them freely: it
+//! costs one atomic load when the executable never starts a heartbeat. Only
+//! the executable (the worker's `main`) starts one and keeps its handle.
+//!
 //! # Options
 //!
 //! [`Heartbeat::builder`] sets every option; [`HeartbeatBuilder::from_env`]
-//! fills the ones left unset from the variables in [`config::env`].
+//! fills the ones left unset from these variables:
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `SUPABASE_URL` | project URL | none: the local store |
+//! | `SUPABASE_SECRET_KEY`, `SUPABASE_SERVICE_ROLE_KEY`, `SUPABASE_SERVICE_KEY` | the key, first found wins | — |
+//! | `HP_STORE` | `supabase`, `local`, or a path to a SQLite file | Supabase if `SUPABASE_URL` is set, else local |
+//! | `HP_WORKER_NAME` | replaces the name given in code | — |
+//! | `HP_HEARTBEAT_INTERVAL_SECS` | seconds between beats, 1 to 86400 | 30 |
+//! | `HP_CIRCUIT_BREAKER_THRESHOLD` | errors in a row that open the breaker | 10 |
+//! | `HP_SHUTDOWN_BUDGET_MS` | time for the final row, 1 to 60000 | 1000 |
+//! | `HP_SUPABASE_SCHEMA` | schema of the table | `public` |
+//! | `HP_ALLOW_INSECURE_HTTP` | `1`/`true`/`yes`/`on` allows `http://` to a non-loopback host | off |
+//!
+//! # Reading
+//!
+//! [`read::Reader`] reads every worker's row back, with the [`Health`] a
+//! reader derives from it (the same rule as the SQL view `hp_worker_health`).
 //!
 //! # Errors
 //!
 //! Starting fails with a [`ConfigError`] when a setting is missing or
-//! malformed; the message names the variable and the fix.
+//! malformed; the message names the variable and the fix. What a server
+//! answers is a [`SendError`] (never returned to the worker's code path:
+//! logged at a bounded rate) or, when reading, a [`ReadError`].
 #![deny(missing_docs)]
 
-mod backoff;
-pub mod config;
-mod error;
-mod health;
-mod heartbeat;
-mod key;
-mod log_limit;
-pub mod postgrest;
-pub mod probe;
-mod reporter;
-mod row;
-mod settings;
-mod signals;
-mod sqlite;
-mod state;
-mod status_row;
-pub mod transport;
+mod beat;
+mod config;
+mod handle;
+mod model;
+pub mod read;
+#[doc(hidden)]
+pub mod sidecar;
+mod transport;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use config::{CheckError, HeartbeatBuilder};
-pub use error::{ConfigError, SendError};
-pub use health::{derive_health, Health, STALE_AFTER_INTERVALS};
-pub use heartbeat::{FinalState, Heartbeat};
-pub use key::ApiKey;
-pub use row::{truncate_message, WorkerRow, WorkerStatus, MAX_LAST_ERROR_BYTES};
-pub use settings::{StoreChoice, StoreSettings, Target};
-pub use sqlite::SqliteStore;
-pub use status_row::StatusRow;
+pub use config::builder::HeartbeatBuilder;
+pub use config::target::StoreSettings;
+pub use handle::{CheckError, Checked, Heartbeat};
+pub use model::error::{ConfigError, ReadError, SendError};
+pub use model::health::Health;
+pub use model::row::{WorkerRow, WorkerStatus};
+pub use model::status_row::StatusRow;
 pub use transport::{MemoryTransport, Transport};
 
+use beat::shared::Shared;
+
 /// The process-wide reporter behind the free functions.
-static GLOBAL: OnceLock<Arc<heartbeat::Inner>> = OnceLock::new();
+static GLOBAL: OnceLock<Arc<Shared>> = OnceLock::new();
 static STARTING: Mutex<()> = Mutex::new(());
 
 /// Starts the process-wide heartbeat for `name`, configured from the
-/// environment (`SUPABASE_URL`, `SUPABASE_SECRET_KEY`, ...; see [`config::env`]).
+/// environment (`SUPABASE_URL`, `SUPABASE_SECRET_KEY`, ...: see the table above).
 ///
 /// Keep the returned [`Heartbeat`]: dropping it sends the final `stopped` row.
 ///
@@ -100,7 +117,7 @@ pub fn start_heartbeat(name: &str) -> Result<Heartbeat, ConfigError> {
     }
     let heartbeat = Heartbeat::builder(name).from_env().start()?;
     GLOBAL
-        .set(Arc::clone(&heartbeat.inner))
+        .set(Arc::clone(&heartbeat.shared))
         .map_err(|_| ConfigError::AlreadyStarted)?;
     Ok(heartbeat)
 }
@@ -109,8 +126,8 @@ pub fn start_heartbeat(name: &str) -> Result<Heartbeat, ConfigError> {
 /// [`start_heartbeat`] it does nothing.
 #[inline]
 pub fn increment_job() {
-    if let Some(inner) = GLOBAL.get() {
-        inner.counters.job_succeeded();
+    if let Some(shared) = GLOBAL.get() {
+        shared.counters.job_succeeded();
     }
 }
 
@@ -118,7 +135,7 @@ pub fn increment_job() {
 /// [`start_heartbeat`] it does nothing.
 #[inline]
 pub fn increment_error() {
-    if let Some(inner) = GLOBAL.get() {
-        inner.counters.job_failed();
+    if let Some(shared) = GLOBAL.get() {
+        shared.counters.job_failed();
     }
 }

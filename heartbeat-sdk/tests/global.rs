@@ -29,7 +29,7 @@ async fn seed_api_reads_the_env_counts_and_refuses_a_second_start() {
     }
     heartbeat_sdk::increment_error();
     drop(hb);
-    let got = server.received_requests().await.unwrap_or_default();
+    let got = beats(&server).await;
     let last = body(got.last().expect("rows"));
     assert_eq!(last["worker_name"], "seed-from-env");
     assert_eq!(last["status"], "stopped");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use heartbeat_sdk::{Heartbeat, MemoryTransport, WorkerRow, WorkerStatus};
+use hp_heartbeat_tests::eventually::{eventually, poll_until};
 
 fn memory_heartbeat(name: &str, interval_secs: u64) -> (Heartbeat, MemoryTransport) {
     let store = MemoryTransport::new();
@@ -24,14 +25,7 @@ fn wait_for_row(
     timeout: Duration,
     want: impl Fn(&WorkerRow) -> bool,
 ) -> Option<WorkerRow> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(row) = store.rows().into_iter().find(|r| want(r)) {
-            return Some(row);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+    poll_until(timeout, || store.rows().into_iter().find(|r| want(r)))
 }
 
 #[test]
@@ -45,9 +39,9 @@ fn totals_are_exact_after_8_threads_of_100_000_increments() {
                 for n in 0..100_000u32 {
                     // One thread in four fails every 1000th job.
                     if i % 4 == 0 && n % 1000 == 0 {
-                        hb.increment_error();
+                        hb.job_failed("");
                     } else {
-                        hb.increment_job();
+                        hb.job_succeeded();
                     }
                 }
             })
@@ -56,7 +50,8 @@ fn totals_are_exact_after_8_threads_of_100_000_increments() {
     for t in threads {
         t.join().expect("thread");
     }
-    assert!(hb.shutdown_blocking(Duration::from_secs(2)));
+    let hb = Arc::into_inner(hb).expect("the only handle");
+    assert!(hb.shutdown());
     let last = store.rows().pop().expect("final row");
     assert_eq!(last.status, WorkerStatus::Stopped);
     assert_eq!(last.error_count, 2 * 100);
@@ -73,10 +68,10 @@ fn breaker_opens_at_the_threshold_and_rows_say_crashed_until_a_success() {
         .handle_signals(false)
         .start()
         .expect("starts");
-    hb.job_failed(&"db timeout");
-    hb.job_failed(&"db timeout");
+    hb.job_failed("db timeout");
+    hb.job_failed("db timeout");
     assert!(!hb.circuit_open());
-    hb.job_failed(&"db timeout again");
+    hb.job_failed("db timeout again");
     assert!(hb.circuit_open(), "open at exactly 3");
     let open = wait_for_row(&store, Duration::from_secs(3), |r| r.circuit_breaker_open)
         .expect("a row with the breaker open");
@@ -108,12 +103,12 @@ fn reset_circuit_closes_the_breaker() {
         .handle_signals(false)
         .start()
         .expect("starts");
-    hb.increment_error();
+    hb.job_failed("");
     assert!(hb.circuit_open());
     hb.reset_circuit();
     assert!(!hb.circuit_open());
     hb.set_metadata("queue", "orders");
-    assert!(hb.shutdown_blocking(Duration::from_secs(2)));
+    assert!(hb.shutdown());
     let last = store.rows().pop().expect("final row");
     assert!(!last.circuit_breaker_open);
     assert_eq!(last.metadata["queue"], "orders");
@@ -130,16 +125,12 @@ fn works_from_plain_main_over_http() {
         .handle_signals(false)
         .start()
         .expect("starts");
-    hb.increment_job();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while recorder.times().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(!recorder.times().is_empty(), "first beat");
-    assert!(hb.shutdown_blocking(Duration::from_secs(2)));
-    let got = server_rt
-        .block_on(server.received_requests())
-        .unwrap_or_default();
+    hb.job_succeeded();
+    eventually(Duration::from_secs(5), "a first beat", || {
+        (!recorder.times().is_empty()).then_some(())
+    });
+    assert!(hb.shutdown());
+    let got = server_rt.block_on(beats(&server));
     assert_eq!(body(got.last().expect("rows"))["status"], "stopped");
 }
 
@@ -151,11 +142,13 @@ async fn beat_inside_runtime() {
         .handle_signals(false)
         .start()
         .expect("starts");
-    hb.increment_job();
+    hb.job_succeeded();
     let got = wait_for_requests(&server, 1, Duration::from_secs(3)).await;
     assert_eq!(got.len(), 1);
-    assert!(hb.shutdown().await);
-    let got = server.received_requests().await.unwrap_or_default();
+    assert!(tokio::task::spawn_blocking(move || hb.shutdown())
+        .await
+        .expect("join"));
+    let got = beats(&server).await;
     let last = body(got.last().expect("rows"));
     assert_eq!(last["status"], "stopped");
     assert_eq!(last["jobs_processed"], 1);
@@ -191,7 +184,8 @@ fn drop_sends_stopped_within_the_budget_even_when_the_server_hangs() {
         .handle_signals(false)
         .start()
         .expect("starts");
-    std::thread::sleep(Duration::from_millis(100));
+    // The first beat is on the wire, hanging.
+    server_rt.block_on(wait_for_requests(&server, 1, Duration::from_secs(5)));
     let t0 = Instant::now();
     drop(hb);
     let took = t0.elapsed();

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use heartbeat_sdk::{FinalState, Heartbeat, SendError, SqliteStore, WorkerRow, WorkerStatus};
+use heartbeat_sdk::sidecar::{FinalState, SqliteStore};
+use heartbeat_sdk::{Heartbeat, SendError, WorkerRow, WorkerStatus};
+use hp_heartbeat_tests::eventually::poll_until;
 
 /// A real row as the SDK builds it (final, so every field is set).
 fn template_row(state: FinalState) -> WorkerRow {
@@ -15,7 +17,7 @@ fn template_row(state: FinalState) -> WorkerRow {
         .handle_signals(false)
         .start()
         .expect("start");
-    hb.finish_blocking(state, Duration::from_secs(2));
+    heartbeat_sdk::sidecar::finish(&hb, state);
     mem.rows().pop().expect("a row")
 }
 
@@ -23,14 +25,11 @@ fn wait_rows(
     store: &SqliteStore,
     want: impl Fn(&[heartbeat_sdk::StatusRow]) -> bool,
 ) -> Vec<heartbeat_sdk::StatusRow> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    poll_until(Duration::from_secs(5), || {
         let rows = store.read_all().unwrap_or_default();
-        if want(&rows) || Instant::now() > deadline {
-            return rows;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        want(&rows).then_some(rows)
+    })
+    .unwrap_or_else(|| store.read_all().unwrap_or_default())
 }
 
 #[test]
@@ -43,8 +42,8 @@ fn round_trip_running_then_stopped() {
         .metadata("queue", "orders")
         .start()
         .expect("start with no Supabase at all");
-    hb.increment_job();
-    hb.job_failed(&"timeout talking to the exchange");
+    hb.job_succeeded();
+    hb.job_failed("timeout talking to the exchange");
     let store = SqliteStore::new(&path);
     let rows = wait_rows(&store, |r| !r.is_empty());
     assert_eq!(rows.len(), 1);
@@ -53,7 +52,7 @@ fn round_trip_running_then_stopped() {
     assert_eq!(row.status.as_deref(), Some("running"));
     assert!(row.last_heartbeat.is_some());
     assert_eq!(row.pid, Some(i64::from(std::process::id())));
-    assert!(hb.shutdown_blocking(Duration::from_secs(2)));
+    assert!(hb.shutdown());
     let row = store.read_all().expect("read").remove(0);
     assert_eq!(row.status.as_deref(), Some("stopped"));
     assert_eq!((row.jobs_processed, row.error_count), (Some(1), Some(1)));
@@ -76,12 +75,12 @@ fn round_trip_running_then_stopped() {
 fn every_row_key_is_a_column_of_the_local_table() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("hb.db");
-    let row = template_row(FinalState {
-        status: WorkerStatus::Crashed,
-        exit_code: Some(1),
-        exit_signal: Some(9),
-        last_error: Some("x".into()),
-    });
+    let row = template_row(
+        FinalState::new(WorkerStatus::Crashed)
+            .exit_code(1)
+            .exit_signal(9)
+            .last_error("x"),
+    );
     SqliteStore::new(&path).write(&row).expect("written");
     let out = Command::new("sqlite3")
         .arg(&path)
@@ -145,12 +144,21 @@ fn two_processes_share_one_store_without_errors_or_lost_rows() {
                 .args(["--ignored", "--exact", "child_writer", "--quiet"])
                 .env("HP_TEST_STORE", &path)
                 .env("HP_TEST_TAG", tag)
+                // The child's own test report stays out of ours.
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .expect("spawn")
         })
         .collect();
-    for mut c in children {
-        assert!(c.wait().expect("wait").success(), "a writer failed");
+    for c in children {
+        let out = c.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "a writer failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let rows = SqliteStore::new(&path).read_all().expect("read");
     assert_eq!(rows.len(), 40, "20 workers per process");
@@ -188,10 +196,9 @@ fn keeps_running_with(path: &std::path::Path, expect_in_error: &str) {
         .handle_signals(false)
         .start()
         .expect("starts anyway");
-    hb.increment_job();
-    std::thread::sleep(Duration::from_millis(100));
+    hb.job_succeeded();
     assert!(
-        !hb.shutdown_blocking(Duration::from_secs(2)),
+        !hb.shutdown(),
         "the final row cannot be stored, and that is all"
     );
 }
@@ -254,4 +261,28 @@ fn a_read_only_store_is_a_clear_error_and_the_worker_keeps_running() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The same hostile input as the PostgreSQL test, through the local store:
+/// the final crashed row is stored, fitted.
+#[test]
+fn a_nul_byte_and_huge_metadata_never_cost_the_row() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("hostile.db");
+    let hb = Heartbeat::builder("hostile-worker")
+        .local_store(&path)
+        .handle_signals(false)
+        .start()
+        .expect("start");
+    hb.set_metadata("blob", "x".repeat(500_000));
+    hb.job_failed("disk\0full");
+    assert!(heartbeat_sdk::sidecar::finish(
+        &hb,
+        FinalState::new(WorkerStatus::Crashed).last_error("boom\0")
+    ));
+    let row = SqliteStore::new(&path).read_all().expect("read").remove(0);
+    assert_eq!(row.status.as_deref(), Some("crashed"));
+    assert_eq!(row.last_error.as_deref(), Some("boom\u{FFFD}"));
+    let meta = row.metadata.unwrap_or_default();
+    assert_eq!(meta["hp_dropped_keys"], serde_json::json!(["blob"]));
 }

@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use hp_heartbeat_tests::eventually::poll_until;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -39,20 +40,32 @@ fn spawn_child(server: &MockServer) -> Child {
         .env("SUPABASE_SECRET_KEY", SECRET_KEY)
         .env_remove("HP_WORKER_NAME")
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("spawn child")
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(5));
+/// Kills the child if the test ends early (a failed assertion), so no
+/// orphan keeps the test's output pipe open.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid this test spawned; a no-op once it is reaped.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
     }
-    let _ = child.kill();
-    None
+}
+
+fn guard(child: &Child) -> KillOnDrop {
+    KillOnDrop(i32::try_from(child.id()).expect("pid"))
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let status = poll_until(timeout, || child.try_wait().ok().flatten());
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    status
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -65,6 +78,7 @@ fn signal(child: &Child, sig: i32) {
 async fn final_row_on(sig: i32) {
     let (server, recorder) = accepting_server().await;
     let mut child = spawn_child(&server);
+    let _guard = guard(&child);
     let got = wait_for_requests(&server, 1, Duration::from_secs(10)).await;
     assert_eq!(body(&got[0])["status"], "running");
     let t0 = Instant::now();
@@ -79,7 +93,7 @@ async fn final_row_on(sig: i32) {
         Some(sig),
         "ended by the signal itself: {status:?}"
     );
-    let got = server.received_requests().await.unwrap_or_default();
+    let got = beats(&server).await;
     let last = body(got.last().expect("rows"));
     assert_eq!(last["status"], "stopped");
     assert_eq!(last["jobs_processed"], 3);
@@ -118,6 +132,7 @@ async fn a_hanging_server_cannot_hold_the_shutdown_past_the_budget() {
         .mount(&server)
         .await;
     let mut child = spawn_child(&server);
+    let _guard = guard(&child);
     wait_for_requests(&server, 1, Duration::from_secs(10)).await;
     let t0 = Instant::now();
     signal(&child, libc::SIGTERM);

@@ -1,7 +1,10 @@
 //! Command-line interface. Every setting also reads an environment variable
-//! (shown in `--help`); a flag wins over its variable.
+//! (shown in `--help`); a flag wins over its variable. Names and defaults
+//! come from the SDK, so the two never disagree.
 
 use clap::{Args, Parser, Subcommand};
+use heartbeat_sdk::sidecar::{env, StoreChoice};
+use heartbeat_sdk::StoreSettings;
 
 /// Report any worker process to hp_worker_status, with no change to its code.
 ///
@@ -27,7 +30,9 @@ pub enum Command {
     /// Example: heartbeat-sidecar run --name orders -- node scripts/orders.mjs
     #[command(after_help = KEY_HELP)]
     Run(RunArgs),
-    /// Check the configuration by writing one row; say what is wrong and how to fix it.
+    /// Check the configuration: read the table, write a probe row and remove it; say what is wrong and how to fix it.
+    ///
+    /// No worker's row is touched. Exit codes: 0 all good, 1 the store refused, 2 configuration.
     #[command(after_help = KEY_HELP)]
     Check(CheckArgs),
     /// Show every worker's health; exit 1 if any is stale, crashed or has its breaker open.
@@ -37,54 +42,58 @@ pub enum Command {
     Status(StatusArgs),
 }
 
-/// Where rows are read and written. The key comes from SUPABASE_SECRET_KEY,
-/// SUPABASE_SERVICE_ROLE_KEY or SUPABASE_SERVICE_KEY (first found).
+/// Where rows are read and written. URL, store and schema are also read from
+/// their variables by the SDK, so a flag given here always wins.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// Supabase project URL, e.g. https://abcdefgh.supabase.co.
-    #[arg(long, env = "SUPABASE_URL", value_name = "URL")]
+    /// Supabase project URL, e.g. https://abcdefgh.supabase.co [env: SUPABASE_URL]
+    #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// Schema holding hp_worker_status.
-    #[arg(long, env = "HP_SUPABASE_SCHEMA", value_name = "NAME")]
+    /// Schema holding hp_worker_status [env: HP_SUPABASE_SCHEMA] [default: public]
+    #[arg(long, value_name = "NAME")]
     pub schema: Option<String>,
-    /// `supabase`, `local`, or the path of a local SQLite store.
-    #[arg(long, env = "HP_STORE", value_name = "supabase|local|PATH")]
+    /// `supabase`, `local`, or the path of a local SQLite store [env: HP_STORE]
+    #[arg(long, value_name = "supabase|local|PATH")]
     pub store: Option<String>,
-    /// Allow plain http:// to a non-loopback host (sends the key in clear).
-    #[arg(long, env = "HP_ALLOW_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    /// Allow plain http:// to a non-loopback host, which sends the key in clear
+    /// [env: HP_ALLOW_INSECURE_HTTP=1]
+    #[arg(long)]
     pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Worker name: 1 to 128 of A-Z a-z 0-9 . _ : -
-    #[arg(long, env = "HP_WORKER_NAME", value_name = "NAME")]
+    #[arg(long, env = env::WORKER_NAME, value_name = "NAME")]
     pub name: String,
     /// Append -$NODE_APP_INSTANCE to the name (PM2 with instances > 1).
     #[arg(long)]
     pub instance_suffix: bool,
-    /// Seconds between beats.
+    /// Seconds between beats, 1 to 86400.
     #[arg(
         long,
-        env = "HP_HEARTBEAT_INTERVAL_SECS",
+        env = env::INTERVAL,
         value_name = "SECS",
-        default_value_t = 30
+        default_value_t = env::DEFAULT_INTERVAL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
     )]
     pub interval: u64,
-    /// Milliseconds the final row may take after the worker exits.
+    /// Milliseconds the final row may take after the worker exits, 1 to 60000.
     #[arg(
         long,
-        env = "HP_SHUTDOWN_BUDGET_MS",
+        env = env::SHUTDOWN_BUDGET,
         value_name = "MS",
-        default_value_t = 1000
+        default_value_t = env::DEFAULT_SHUTDOWN_BUDGET.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..=60_000)
     )]
     pub shutdown_budget: u64,
     /// Errors in a row that open the circuit breaker.
     #[arg(
         long,
-        env = "HP_CIRCUIT_BREAKER_THRESHOLD",
+        env = env::BREAKER_THRESHOLD,
         value_name = "N",
-        default_value_t = 10
+        default_value_t = env::DEFAULT_BREAKER_THRESHOLD,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     pub circuit_breaker_threshold: u32,
     /// Count a job for each output line matching REGEX (repeatable).
@@ -97,29 +106,33 @@ pub struct RunArgs {
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     pub metadata: Vec<String>,
     /// The worker's version, shown in the row.
-    #[arg(
-        long = "worker-version",
-        env = "HP_WORKER_VERSION",
-        value_name = "VERSION"
-    )]
+    #[arg(long = "worker-version", env = env::WORKER_VERSION, value_name = "VERSION")]
     pub worker_version: Option<String>,
+    /// Stop the worker gracefully when its whole process tree uses more than
+    /// SIZE (e.g. 500M, 2G; K, M, G are powers of 1024), reported as such, and
+    /// exit 1 so PM2 or systemd restart it: PM2's `max_memory_restart` sees
+    /// only the sidecar's own few MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+    /// How long a worker the sidecar stops has to exit after SIGTERM before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub stop_timeout: std::time::Duration,
+    /// Refuse to start the worker when reporting is misconfigured (exit 2).
+    /// By default the worker runs anyway and the error is logged.
+    #[arg(long)]
+    pub strict: bool,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The worker command and its arguments.
+    /// The worker command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Worker name to write the test row under (use the real worker's name).
-    #[arg(
-        long,
-        env = "HP_WORKER_NAME",
-        value_name = "NAME",
-        default_value = "heartbeat-check"
-    )]
-    pub name: String,
+    /// Also show this worker's row, if it has one (it is only read).
+    #[arg(long, env = env::WORKER_NAME, value_name = "NAME")]
+    pub name: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -129,7 +142,7 @@ pub struct StatusArgs {
     /// Print the rows as JSON (for scripts).
     #[arg(long, conflicts_with = "watch")]
     pub json: bool,
-    /// A live view, refreshed every 2 s (q to quit).
+    /// A live view, refreshed every 2 s (q to quit). Needs a terminal.
     #[arg(long)]
     pub watch: bool,
     #[command(flatten)]
@@ -137,16 +150,138 @@ pub struct StatusArgs {
 }
 
 impl StoreArgs {
-    /// The SDK's settings: these flags, then the environment for the rest (the key).
-    pub fn settings(&self) -> heartbeat_sdk::StoreSettings {
-        let store = self.store.as_deref().map(heartbeat_sdk::StoreChoice::parse);
-        heartbeat_sdk::StoreSettings {
-            url: self.url.clone().filter(|u| !u.trim().is_empty()),
-            schema: self.schema.clone().filter(|s| !s.trim().is_empty()),
-            store,
-            allow_insecure_http: Some(self.allow_insecure_http),
-            ..Default::default()
+    /// The SDK's settings: these flags, then the environment for the rest.
+    ///
+    /// # Errors
+    /// When two flags disagree about where rows go.
+    pub fn settings(&self) -> Result<StoreSettings, String> {
+        let given = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let mut settings = StoreSettings::default();
+        if let Some(url) = given(&self.url) {
+            // A URL given on the command line means Supabase, whatever HP_STORE says.
+            match given(&self.store).map(|s| StoreChoice::parse(&s)) {
+                Some(StoreChoice::Local(_)) => return Err(
+                    "--url and --store local/PATH disagree about where rows go: pass one of them"
+                        .into(),
+                ),
+                _ => settings = settings.url(url).store(StoreChoice::Supabase),
+            }
+        } else if let Some(store) = given(&self.store) {
+            settings = settings.store(StoreChoice::parse(&store));
         }
-        .from_env()
+        if let Some(schema) = given(&self.schema) {
+            settings = settings.schema(schema);
+        }
+        if self.allow_insecure_http {
+            settings = settings.allow_insecure_http(true);
+        }
+        Ok(settings.from_env())
+    }
+}
+
+/// "30s", "5m", "1h 30m", or a plain number of seconds.
+pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{e}: use a duration such as 30s, 5m or 1h"))
+}
+
+/// "500M", "2G", "1.5GiB", "800000000": K, M, G (and KiB, MiB, GiB) are
+/// powers of 1024, as PM2's `max_memory_restart` reads them.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size: use e.g. 500M or 2G"))?;
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {value:?}: use K, M or G"
+            ))
+        }
+    };
+    let bytes = number * scale as f64;
+    if bytes < 1.0 {
+        return Err(format!("{value:?} is too small"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses the command line; usage errors exit 2 with clap's message, plus
+/// the fix for the most common one (the worker's command without `--`).
+pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let is_run = args.get(1).is_some_and(|a| a == "run");
+            let has_separator = args.iter().any(|a| a == "--");
+            let usage_kind = matches!(
+                e.kind(),
+                clap::error::ErrorKind::UnknownArgument
+                    | clap::error::ErrorKind::MissingRequiredArgument
+            );
+            if is_run && !has_separator && usage_kind {
+                eprintln!(
+                    "error: put `--` before the worker's command, e.g.\n  heartbeat-sidecar run --name orders -- node scripts/orders.mjs\n"
+                );
+                std::process::exit(crate::exit::USAGE);
+            }
+            e.exit()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_in_the_words_users_type() {
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5T").is_err_and(|e| e.contains("K, M or G")));
+        assert_eq!(
+            parse_duration("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(parse_duration("45"), Ok(std::time::Duration::from_secs(45)));
+        assert_eq!(
+            parse_duration("2m"),
+            Ok(std::time::Duration::from_secs(120))
+        );
+        assert!(parse_duration("soon").is_err_and(|e| e.contains("30s")));
+    }
+
+    #[test]
+    fn a_url_flag_wins_over_hp_store_and_two_flags_that_disagree_are_an_error() {
+        let args = |url: Option<&str>, store: Option<&str>| StoreArgs {
+            url: url.map(str::to_owned),
+            schema: None,
+            store: store.map(str::to_owned),
+            allow_insecure_http: false,
+        };
+        let e = args(Some("https://x.supabase.co"), Some("/tmp/x.db"))
+            .settings()
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("--url") && e.contains("--store"), "{e}");
+        assert!(args(Some("https://x.supabase.co"), Some("supabase"))
+            .settings()
+            .is_ok());
     }
 }

@@ -3,10 +3,14 @@
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
-use heartbeat_sdk::{FinalState, WorkerStatus};
+use heartbeat_sdk::sidecar::FinalState;
+use heartbeat_sdk::WorkerStatus;
 
 /// Signals that mean "shut down": ending by one of them is a clean stop.
 pub const SHUTDOWN_SIGNALS: [i32; 2] = [libc::SIGTERM, libc::SIGINT];
+
+/// Exit code for a usage or configuration error, and for "could not read".
+pub const USAGE: i32 = 2;
 
 /// How the sidecar must end so supervisors see what the child did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,37 +34,21 @@ pub fn classify(
     if let Some(code) = status.code() {
         let by_forwarded = forwarded.is_some_and(|s| code == 128 + s);
         let state = if code == 0 || by_forwarded {
-            FinalState {
-                status: WorkerStatus::Stopped,
-                exit_code: Some(code),
-                exit_signal: None,
-                last_error: None,
-            }
+            FinalState::new(WorkerStatus::Stopped).exit_code(code)
         } else {
-            FinalState {
-                status: WorkerStatus::Crashed,
-                exit_code: Some(code),
-                exit_signal: None,
-                last_error: tail.or_else(|| Some(format!("exited with code {code}"))),
-            }
+            FinalState::new(WorkerStatus::Crashed)
+                .exit_code(code)
+                .last_error(tail.unwrap_or_else(|| format!("exited with code {code}")))
         };
         return (state, Exit::Code(code));
     }
     let signal = status.signal().unwrap_or(libc::SIGKILL);
     let state = if SHUTDOWN_SIGNALS.contains(&signal) {
-        FinalState {
-            status: WorkerStatus::Stopped,
-            exit_code: None,
-            exit_signal: Some(signal),
-            last_error: None,
-        }
+        FinalState::new(WorkerStatus::Stopped).exit_signal(signal)
     } else {
-        FinalState {
-            status: WorkerStatus::Crashed,
-            exit_code: None,
-            exit_signal: Some(signal),
-            last_error: tail.or_else(|| Some(format!("killed by signal {}", signal_name(signal)))),
-        }
+        FinalState::new(WorkerStatus::Crashed)
+            .exit_signal(signal)
+            .last_error(tail.unwrap_or_else(|| format!("killed by signal {}", signal_name(signal))))
     };
     (state, Exit::Signal(signal))
 }
@@ -93,16 +81,8 @@ pub fn end_process(exit: Exit) -> ! {
     match exit {
         Exit::Code(code) => std::process::exit(code),
         Exit::Signal(signal) => {
-            // SAFETY: restoring the default action and raising a signal on
-            // ourselves; no Rust state is touched in between.
-            unsafe {
-                libc::signal(signal, libc::SIG_DFL);
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, signal);
-                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                libc::raise(signal);
-            }
+            // Restores the default action and raises the signal on ourselves.
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
             // Signals whose default is to be ignored land here.
             std::process::exit(128 + signal)
         }

@@ -4,15 +4,16 @@
 mod check;
 mod cli;
 mod exit;
+mod group;
 mod lines;
+mod output;
 mod run;
 mod socket;
 mod status;
+mod table;
 mod watch;
 
-use clap::Parser;
-
-use crate::cli::{Cli, Command};
+use crate::exit::Exit;
 
 fn main() {
     // glibc gives each thread its own malloc arena; the sidecar's few threads
@@ -22,16 +23,8 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HP_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let cli = cli::parse();
+    output::init_logging();
 
     // One thread: the worker is spawned from it, and Linux's parent-death
     // signal follows the thread that spawned, so it must live as long as we do.
@@ -42,25 +35,17 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("heartbeat-sidecar: cannot start: {e}");
-            std::process::exit(2);
+            exit::end_process(Exit::Code(exit::USAGE));
         }
     };
-    let code = runtime.block_on(async {
+    let exit = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => match run::run(args).await {
-                Ok(exit) => Err(exit),
-                Err(run::SetupError(e)) => {
-                    eprintln!("heartbeat-sidecar: {e:#}");
-                    Ok(2)
-                }
-            },
-            Command::Check(args) => Ok(check::check(args).await),
-            Command::Status(args) => Ok(status::status(args).await),
+            cli::Command::Run(args) => run::run(args).await,
+            cli::Command::Check(args) => check::check(args).await,
+            cli::Command::Status(args) => status::status(args).await,
         }
     });
     drop(runtime);
-    match code {
-        Ok(code) => std::process::exit(code),
-        Err(exit) => exit::end_process(exit),
-    }
+    output::flush_held();
+    exit::end_process(exit)
 }

@@ -1,24 +1,28 @@
 //! `heartbeat-sidecar run`: start the worker, pass its output and signals
 //! through, report for it, and end as it ended.
+//!
+//! Reporting is an addition: a mistake in its configuration is logged loudly
+//! and the worker runs anyway (unless `--strict`), so a broken reporting
+//! environment never turns into a restart loop that keeps the work from running.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use heartbeat_sdk::probe::ProcessTree;
-use heartbeat_sdk::{FinalState, Heartbeat, HeartbeatBuilder, WorkerStatus, MAX_LAST_ERROR_BYTES};
+use heartbeat_sdk::sidecar::{FinalState, ProcessProbe, ProcessTree};
+use heartbeat_sdk::{Heartbeat, HeartbeatBuilder, WorkerStatus};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
 
 use crate::cli::RunArgs;
-use crate::exit::{classify, Exit, SHUTDOWN_SIGNALS};
-use crate::lines::{combine, LineKind, LineMatcher};
+use crate::exit::{classify, signal_name, Exit, SHUTDOWN_SIGNALS, USAGE};
+use crate::group::{worker_gets_its_own_group, GroupGuard};
+use crate::lines::{combine, LineMatcher, Pattern};
+use crate::output::{pump, tail_text, Stream};
 use crate::socket::ReportSocket;
+use crate::table::bytes;
 
 /// Signals passed on to the child.
 const FORWARDED: [i32; 6] = [
@@ -30,28 +34,50 @@ const FORWARDED: [i32; 6] = [
     libc::SIGUSR2,
 ];
 
-/// Why `run` stopped before the child ran: a usage or configuration error (exit 2).
-#[derive(Debug)]
-pub struct SetupError(pub anyhow::Error);
+/// How often the worker's memory is compared with `--max-memory`.
+const MEMORY_CHECK: Duration = Duration::from_secs(5);
+/// The second beat, once the child has loaded.
+const SETTLE_BEAT: Duration = Duration::from_secs(2);
 
-/// Runs the worker to its end. `Err(SetupError)` means it never started.
-pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
-    let setup = prepare(&args).map_err(SetupError)?;
-    let Prepared {
-        builder,
-        job,
-        error,
-        budget,
-    } = setup;
+/// Runs the worker to its end and says how the sidecar must end.
+pub async fn run(args: RunArgs) -> Exit {
+    // First, while this process has one thread: the guard is a fork.
+    let own_group = worker_gets_its_own_group();
+    let mut guard = if own_group {
+        GroupGuard::start()
+            .map_err(|e| tracing::warn!("cannot start the process-group guard ({e}): if the sidecar is killed with SIGKILL, what the worker started may keep running"))
+            .ok()
+    } else {
+        None
+    };
+    let reporting = match prepare(&args) {
+        Ok(p) => Some(p),
+        Err(e) if args.strict => {
+            eprintln!("heartbeat-sidecar: {e:#}");
+            return Exit::Code(USAGE);
+        }
+        Err(e) => {
+            not_reporting(&e);
+            None
+        }
+    };
+    let budget = Duration::from_millis(args.shutdown_budget);
 
     // Listen before spawning, so no signal between the two is lost.
-    let mut signals = forward_signals().map_err(SetupError)?;
-    let mut socket = match ReportSocket::bind() {
-        Ok(s) => Some(s),
+    let mut signals = match forward_signals() {
+        Ok(s) => s,
         Err(e) => {
+            eprintln!("heartbeat-sidecar: {e:#}");
+            return Exit::Code(USAGE);
+        }
+    };
+    let mut socket = match reporting.is_some().then(ReportSocket::bind) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
             tracing::warn!("HP_SIDECAR_SOCKET is not available ({e}); output patterns still count");
             None
         }
+        None => None,
     };
 
     let mut command = tokio::process::Command::new(&args.command[0]);
@@ -62,6 +88,9 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
         .stderr(Stdio::piped());
     if let Some(s) = &socket {
         command.env("HP_SIDECAR_SOCKET", s.path());
+    }
+    if own_group {
+        command.process_group(0);
     }
     let parent = std::process::id();
     // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
@@ -79,23 +108,44 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
     }
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(e) => return Ok(report_spawn_failure(builder, &args.command[0], &e, budget)),
-    };
-    let pid = child.id().unwrap_or(0);
-    let heartbeat = builder
-        .process_probe(ProcessTree::new(pid))
-        .metadata("sidecar_pid", parent)
-        .start()
-        .map(Arc::new);
-    let heartbeat = match heartbeat {
-        Ok(hb) => hb,
         Err(e) => {
-            let _ = child.start_kill();
-            return Err(SetupError(anyhow::Error::new(e)));
+            let builder = reporting.map(|r| r.builder);
+            return report_spawn_failure(builder, &args.command[0], &e);
         }
     };
-    if let Some(s) = socket.as_mut() {
-        s.serve(Arc::clone(&heartbeat));
+    // Only a child already reaped has no pid, and this one was not waited for.
+    let Some(pid) = child.id() else {
+        eprintln!("heartbeat-sidecar: the worker ended before it could be watched");
+        return Exit::Code(1);
+    };
+    if let Some(g) = guard.as_mut() {
+        g.watch(pid as i32);
+    }
+    let (heartbeat, job, error) = match reporting {
+        Some(Prepared {
+            builder,
+            job,
+            error,
+        }) => match builder
+            .process_probe(ProcessTree::new(pid))
+            .metadata("sidecar_pid", parent)
+            .start()
+        {
+            Ok(hb) => (Some(Arc::new(hb)), job, error),
+            Err(e) if args.strict => {
+                let _ = child.start_kill();
+                eprintln!("heartbeat-sidecar: {e}");
+                return Exit::Code(USAGE);
+            }
+            Err(e) => {
+                not_reporting(&anyhow::Error::new(e));
+                (None, None, None)
+            }
+        },
+        None => (None, None, None),
+    };
+    if let (Some(s), Some(hb)) = (socket.as_mut(), &heartbeat) {
+        s.serve(Arc::clone(hb));
     }
 
     let stderr_tail = Arc::new(Mutex::new(Vec::<u8>::new()));
@@ -103,31 +153,56 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
     if let Some(out) = child.stdout.take().and_then(|o| o.into_owned_fd().ok()) {
         pumps.push(pump(
             out,
-            1,
+            Stream::Stdout,
             LineMatcher::new(job.clone(), error.clone()),
-            Arc::clone(&heartbeat),
+            heartbeat.clone(),
             None,
         ));
     }
     if let Some(err) = child.stderr.take().and_then(|e| e.into_owned_fd().ok()) {
         pumps.push(pump(
             err,
-            2,
+            Stream::Stderr,
             LineMatcher::new(job, error),
-            Arc::clone(&heartbeat),
+            heartbeat.clone(),
             Some(Arc::clone(&stderr_tail)),
         ));
     }
 
+    let mut memory = args.max_memory.map(|limit| MemoryLimit {
+        limit,
+        probe: ProcessTree::new(pid),
+    });
+    let mut memory_check = tokio::time::interval(MEMORY_CHECK);
+    let mut stopping: Option<Stop> = None;
     let mut forwarded_shutdown = None;
     let status = loop {
+        let kill_at = stopping.as_ref().map(|s| s.kill_at);
         tokio::select! {
             status = child.wait() => break status,
             Some(sig) = signals.recv() => {
-                // SAFETY: kill(2) on our own child's pid with a valid signal.
-                unsafe { libc::kill(pid as libc::pid_t, sig) };
+                send(pid, sig);
                 if SHUTDOWN_SIGNALS.contains(&sig) {
                     forwarded_shutdown = Some(sig);
+                }
+            }
+            _ = memory_check.tick(), if memory.is_some() && stopping.is_none() => {
+                if let Some(over) = memory.as_mut().and_then(MemoryLimit::exceeded) {
+                    let why = format!(
+                        "stopped by heartbeat-sidecar: the worker's memory, {}, was over --max-memory {}",
+                        bytes(i64::try_from(over).unwrap_or(i64::MAX)),
+                        bytes(i64::try_from(args.max_memory.unwrap_or(0)).unwrap_or(i64::MAX)),
+                    );
+                    tracing::warn!("{why}: sending {} (SIGKILL after {:?})", signal_name(libc::SIGTERM), args.stop_timeout);
+                    send(pid, libc::SIGTERM);
+                    stopping = Some(Stop { why, kill_at: Instant::now() + args.stop_timeout });
+                }
+            }
+            _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => {
+                tracing::warn!("the worker did not stop within {:?}: sending SIGKILL", args.stop_timeout);
+                send(pid, libc::SIGKILL);
+                if let Some(s) = stopping.as_mut() {
+                    s.kill_at = Instant::now() + Duration::from_secs(3600);
                 }
             }
         }
@@ -135,40 +210,89 @@ pub async fn run(args: RunArgs) -> Result<Exit, SetupError> {
     let status = match status {
         Ok(s) => s,
         Err(e) => {
-            heartbeat.finish_blocking(
-                FinalState {
-                    status: WorkerStatus::Crashed,
-                    last_error: Some(format!("lost track of the worker: {e}")),
-                    ..FinalState::default()
-                },
-                budget,
-            );
-            return Ok(Exit::Code(1));
+            if let Some(hb) = &heartbeat {
+                heartbeat_sdk::sidecar::finish(
+                    hb,
+                    FinalState::new(WorkerStatus::Crashed)
+                        .last_error(format!("lost track of the worker: {e}")),
+                );
+            }
+            return Exit::Code(1);
         }
     };
 
     // Let the last output through; a grandchild holding the pipe open must
     // not hold the exit past the budget.
-    let deadline = tokio::time::Instant::now() + budget;
+    let deadline = Instant::now() + budget;
     for done in pumps {
         let _ = tokio::time::timeout_at(deadline, done).await;
     }
     let tail = tail_text(&stderr_tail.lock().map(|t| t.clone()).unwrap_or_default());
-    let (state, exit) = classify(status, forwarded_shutdown, &tail);
-    if !heartbeat.finish_blocking(state, budget + Duration::from_millis(100)) {
-        tracing::warn!("the final row was not stored within {budget:?}");
+    let (mut state, mut exit) = classify(status, forwarded_shutdown, &tail);
+    if let Some(stop) = stopping {
+        // Stopped for its memory: a failure to report and to restart.
+        state.status = WorkerStatus::Crashed;
+        state.last_error = Some(stop.why);
+        if exit == Exit::Code(0) || matches!(exit, Exit::Signal(s) if SHUTDOWN_SIGNALS.contains(&s))
+        {
+            exit = Exit::Code(1);
+        }
+    }
+    match &heartbeat {
+        // When it is not stored, the SDK has said why.
+        Some(hb) => {
+            heartbeat_sdk::sidecar::finish(hb, state);
+        }
+        None => tracing::error!(
+            "heartbeat-sidecar: the worker ended, and it was NOT reported (see the configuration error above)"
+        ),
     }
     drop(socket);
-    Ok(exit)
+    // Whatever the worker started and left running goes with it.
+    if let Some(g) = guard.as_mut() {
+        g.end(Duration::from_secs(1));
+    }
+    exit
+}
+
+fn not_reporting(e: &anyhow::Error) {
+    tracing::error!(
+        "heartbeat-sidecar: NOT REPORTING: {e:#}. The worker runs anyway; `heartbeat-sidecar check` shows what is wrong. Pass --strict to refuse to start the worker instead."
+    );
+}
+
+/// A graceful stop the sidecar itself started (`--max-memory`).
+struct Stop {
+    why: String,
+    kill_at: Instant,
+}
+
+struct MemoryLimit {
+    limit: u64,
+    probe: ProcessTree,
+}
+
+impl MemoryLimit {
+    /// The tree's memory, when it is over the limit.
+    fn exceeded(&mut self) -> Option<u64> {
+        let used = self.probe.sample().memory_rss_bytes?;
+        (used > self.limit).then_some(used)
+    }
+}
+
+fn send(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on our own child's pid, which is not reaped until
+    // `child.wait()` returns, so the pid cannot be reused meanwhile.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
 }
 
 struct Prepared {
     builder: HeartbeatBuilder,
-    job: Option<crate::lines::Pattern>,
-    error: Option<crate::lines::Pattern>,
-    budget: Duration,
+    job: Option<Pattern>,
+    error: Option<Pattern>,
 }
 
+/// Everything about reporting, checked before the worker starts.
 fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let mut name = args.name.clone();
     if args.instance_suffix {
@@ -180,12 +304,13 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     }
     let job = combine(&args.job_patterns, "--job-pattern")?;
     let error = combine(&args.error_patterns, "--error-pattern")?;
-    let budget = Duration::from_millis(args.shutdown_budget);
+    let settings = args.store.settings().map_err(anyhow::Error::msg)?;
     let mut builder = Heartbeat::builder(name)
-        .settings(args.store.settings())
+        .store_settings(settings)
         .interval(Duration::from_secs(args.interval))
-        .shutdown_budget(budget)
+        .shutdown_budget(Duration::from_millis(args.shutdown_budget))
         .circuit_breaker_threshold(args.circuit_breaker_threshold)
+        .settle_beat(SETTLE_BEAT)
         .handle_signals(false)
         .reporter(concat!("heartbeat-sidecar/", env!("CARGO_PKG_VERSION")));
     if let Some(v) = &args.worker_version {
@@ -204,7 +329,6 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
         builder,
         job,
         error,
-        budget,
     })
 }
 
@@ -225,82 +349,10 @@ fn forward_signals() -> anyhow::Result<mpsc::UnboundedReceiver<i32>> {
     Ok(rx)
 }
 
-/// Copies one of the child's streams to ours byte for byte on its own thread
-/// (a full pipe never blocks the supervisor), counting matching lines.
-fn pump(
-    from: OwnedFd,
-    to_fd: i32,
-    mut matcher: LineMatcher,
-    heartbeat: Arc<Heartbeat>,
-    tail: Option<Arc<Mutex<Vec<u8>>>>,
-) -> oneshot::Receiver<()> {
-    let (done, finished) = oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name(format!("hp-pump-{to_fd}"))
-        .spawn(move || {
-            let mut from = File::from(from);
-            // SAFETY: fd 1/2 stay open for the life of the process; ManuallyDrop never closes them.
-            let mut to = ManuallyDrop::new(unsafe { File::from_raw_fd(to_fd) });
-            let mut buf = vec![0u8; 128 * 1024];
-            let mut on_match = |kind: LineKind, line: &[u8]| match kind {
-                LineKind::Job => heartbeat.increment_job(),
-                LineKind::Error => heartbeat.job_failed(&String::from_utf8_lossy(line)),
-            };
-            let mut output_open = true;
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                let chunk = &buf[..n];
-                // If our own output is gone, keep draining so the worker never blocks.
-                if output_open && to.write_all(chunk).is_err() {
-                    output_open = false;
-                }
-                matcher.feed(chunk, &mut on_match);
-                if let Some(tail) = &tail {
-                    keep_tail(tail, chunk);
-                }
-            }
-            matcher.finish(&mut on_match);
-            let _ = done.send(());
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start an output thread: {e}");
-    }
-    finished
-}
-
-fn keep_tail(tail: &Mutex<Vec<u8>>, chunk: &[u8]) {
-    let Ok(mut tail) = tail.lock() else { return };
-    if chunk.len() >= MAX_LAST_ERROR_BYTES {
-        tail.clear();
-        tail.extend_from_slice(&chunk[chunk.len() - MAX_LAST_ERROR_BYTES..]);
-    } else {
-        tail.extend_from_slice(chunk);
-        let excess = tail.len().saturating_sub(MAX_LAST_ERROR_BYTES);
-        tail.drain(..excess);
-    }
-}
-
-/// The last lines of stderr, starting at a line boundary when cut.
-fn tail_text(bytes: &[u8]) -> String {
-    let start = if bytes.len() >= MAX_LAST_ERROR_BYTES {
-        bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)
-    } else {
-        0
-    };
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    heartbeat_sdk::truncate_message(text.trim_end(), MAX_LAST_ERROR_BYTES)
-}
-
 fn report_spawn_failure(
-    builder: HeartbeatBuilder,
+    builder: Option<HeartbeatBuilder>,
     program: &str,
     e: &std::io::Error,
-    budget: Duration,
 ) -> Exit {
     let code = if e.kind() == std::io::ErrorKind::PermissionDenied {
         126
@@ -309,35 +361,13 @@ fn report_spawn_failure(
     };
     let message = format!("cannot start {program:?}: {e}");
     eprintln!("heartbeat-sidecar: {message}");
-    if let Ok(hb) = builder.start() {
-        hb.finish_blocking(
-            FinalState {
-                status: WorkerStatus::Crashed,
-                exit_code: Some(code),
-                exit_signal: None,
-                last_error: Some(message),
-            },
-            budget + Duration::from_millis(100),
+    if let Some(Ok(hb)) = builder.map(HeartbeatBuilder::start) {
+        heartbeat_sdk::sidecar::finish(
+            &hb,
+            FinalState::new(WorkerStatus::Crashed)
+                .exit_code(code)
+                .last_error(message),
         );
     }
     Exit::Code(code)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_keeps_the_last_lines_within_bounds() {
-        let tail = Mutex::new(Vec::new());
-        for i in 0..1000 {
-            keep_tail(&tail, format!("line {i}\n").as_bytes());
-        }
-        let text = tail_text(&tail.lock().map(|t| t.clone()).unwrap_or_default());
-        assert!(text.len() <= MAX_LAST_ERROR_BYTES);
-        assert!(
-            text.starts_with("line ") && text.ends_with("line 999"),
-            "{text}"
-        );
-    }
 }

@@ -2,15 +2,17 @@
 //! exact counts: `job`, `error <message>`, `meta <key> <json>`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use heartbeat_sdk::sidecar::{truncate_message, LogLimiter};
 use heartbeat_sdk::Heartbeat;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// Longest accepted line; longer ones are dropped with a warning.
 const MAX_LINE: usize = 16 * 1024;
+/// Each kind of malformed line is reported at most this often.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The socket and its private directory, removed on drop.
 #[derive(Debug)]
@@ -53,7 +55,7 @@ impl ReportSocket {
         let Some(listener) = self.listener.take() else {
             return;
         };
-        let warnings = Arc::new(AtomicU64::new(0));
+        let warnings = Arc::new(Mutex::new(LogLimiter::new(WARN_EVERY)));
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 tokio::spawn(serve_one(
@@ -73,29 +75,38 @@ impl Drop for ReportSocket {
     }
 }
 
-async fn serve_one(mut stream: UnixStream, heartbeat: Arc<Heartbeat>, warnings: Arc<AtomicU64>) {
-    let mut buf = vec![0u8; 8192];
+/// Reads lines of at most `MAX_LINE` bytes; a longer line is skipped whole.
+async fn serve_one(
+    stream: UnixStream,
+    heartbeat: Arc<Heartbeat>,
+    warnings: Arc<Mutex<LogLimiter>>,
+) {
+    let mut reader = BufReader::with_capacity(8192, stream);
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
         };
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                if too_long {
-                    warn(&warnings, "a line longer than 16 KiB was ignored");
-                } else {
-                    apply(&line, &heartbeat, &warnings);
-                }
-                line.clear();
-                too_long = false;
-            } else if line.len() < MAX_LINE {
-                line.push(b);
+        let (take, ends_line) = match memchr::memchr(b'\n', buf) {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if line.len() + take > MAX_LINE {
+            too_long = true;
+        } else {
+            line.extend_from_slice(&buf[..take]);
+        }
+        reader.consume(take + usize::from(ends_line));
+        if ends_line {
+            if too_long {
+                warn(&warnings, "long", "a line longer than 16 KiB was ignored");
             } else {
-                too_long = true;
+                apply(&line, &heartbeat, &warnings);
             }
+            line.clear();
+            too_long = false;
         }
     }
     if !line.is_empty() && !too_long {
@@ -104,46 +115,51 @@ async fn serve_one(mut stream: UnixStream, heartbeat: Arc<Heartbeat>, warnings: 
 }
 
 /// Applies one protocol line. Malformed lines are ignored with a warning.
-pub fn apply(line: &[u8], heartbeat: &Heartbeat, warnings: &AtomicU64) {
+fn apply(line: &[u8], heartbeat: &Heartbeat, warnings: &Mutex<LogLimiter>) {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
     let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
     match word {
         "" => {}
-        "job" if rest.trim().is_empty() => heartbeat.increment_job(),
-        "error" if rest.trim().is_empty() => heartbeat.increment_error(),
-        "error" => heartbeat.job_failed(&rest),
+        "job" if rest.trim().is_empty() => heartbeat.job_succeeded(),
+        "error" => heartbeat.job_failed(rest.trim()),
         "meta" => {
             let (key, json) = rest.split_once(' ').unwrap_or((rest, ""));
             match serde_json::from_str::<serde_json::Value>(json) {
                 Ok(value) if !key.is_empty() => heartbeat.set_metadata(key, value),
                 _ => warn(
                     warnings,
+                    "meta",
                     &format!(
                         "ignored `meta` line: want `meta <key> <json>`, got {:?}",
-                        truncate(text)
+                        truncate_message(text, 80)
                     ),
                 ),
             }
         }
         _ => warn(
             warnings,
+            "unknown",
             &format!(
                 "ignored line: want `job`, `error <message>` or `meta <key> <json>`, got {:?}",
-                truncate(text)
+                truncate_message(text, 80)
             ),
         ),
     }
 }
 
-fn truncate(s: &str) -> String {
-    heartbeat_sdk::truncate_message(s, 80)
-}
-
-/// The first few malformed lines are logged, then one in a thousand.
-fn warn(count: &AtomicU64, message: &str) {
-    let n = count.fetch_add(1, Ordering::Relaxed);
-    if n < 5 || n % 1000 == 0 {
-        tracing::warn!("HP_SIDECAR_SOCKET: {message} ({} so far)", n + 1);
+/// One line per kind per 5 minutes, saying how many were held back.
+fn warn(limiter: &Mutex<LogLimiter>, kind: &str, message: &str) {
+    let allowed = limiter
+        .lock()
+        .ok()
+        .and_then(|mut l| l.allow(kind, tokio::time::Instant::now()));
+    if let Some(held) = allowed {
+        let more = if held > 0 {
+            format!(" ({held} more like it since the last report)")
+        } else {
+            String::new()
+        };
+        tracing::warn!("HP_SIDECAR_SOCKET: {message}{more}");
     }
 }

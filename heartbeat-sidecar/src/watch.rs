@@ -1,19 +1,102 @@
 //! `heartbeat-sidecar status --watch`: a live table refreshed every 2 s, with
 //! a detail pane for the selected worker.
+//!
+//! Rows are fetched on a thread of their own, so keys answer at once even
+//! while a request hangs.
 
-use std::time::{Duration, Instant};
+use std::io::IsTerminal;
+use std::sync::mpsc;
+use std::time::Duration;
 
-use heartbeat_sdk::{Health, StatusRow};
+use heartbeat_sdk::read::{Reader, Snapshot};
+use heartbeat_sdk::{Health, ReadError, StatusRow};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
-use ratatui::layout::{Constraint, Layout};
+use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState, Wrap};
 use ratatui::Frame;
 
-use crate::status::{exit_code, row_cells, Snapshot, Source, COLUMNS, EXIT_UNREADABLE};
+use crate::exit::{Exit, USAGE};
+use crate::status::exit_code;
+use crate::table::{headline, row_cells, COLUMNS, NO_WORKERS};
 
 const REFRESH: Duration = Duration::from_secs(2);
+
+/// Runs until `q`; returns the exit code of the last snapshot read.
+pub fn watch(reader: Reader) -> Exit {
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        eprintln!(
+            "heartbeat-sidecar: status --watch needs a terminal (a tty on stdin and stdout); in scripts use `status` or `status --json`"
+        );
+        return Exit::Code(USAGE);
+    }
+    let mut view = View::new(reader.describe().to_owned());
+    let (rows_tx, rows_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let fetcher = std::thread::Builder::new()
+        .name("hp-watch-fetch".into())
+        .spawn(move || fetch_until_stopped(&reader, &rows_tx, &stop_rx));
+    if let Err(e) = fetcher {
+        eprintln!("heartbeat-sidecar: cannot start the live view: {e}");
+        return Exit::Code(USAGE);
+    }
+    let mut terminal = ratatui::init();
+    loop {
+        while let Ok(fetched) = rows_rx.try_recv() {
+            view.update(fetched);
+        }
+        if terminal.draw(|f| view.draw(f)).is_err() {
+            break;
+        }
+        if !matches!(event::poll(Duration::from_millis(200)), Ok(true)) {
+            continue;
+        }
+        let Ok(Event::Key(key)) = event::read() else {
+            continue;
+        };
+        if key.kind != KeyEventKind::Press {
+            continue;
+        }
+        match key.code {
+            KeyCode::Char('q') | KeyCode::Esc => break,
+            code => view.key(code),
+        }
+    }
+    ratatui::restore();
+    // The fetcher may be stuck in a request: it is not waited for.
+    let _ = stop_tx.send(());
+    match view.ever_read {
+        true => Exit::Code(exit_code(&view.snapshot)),
+        false => Exit::Code(USAGE),
+    }
+}
+
+fn fetch_until_stopped(
+    reader: &Reader,
+    rows: &mpsc::Sender<Result<Snapshot, ReadError>>,
+    stop: &mpsc::Receiver<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = rows.send(Err(ReadError::Connect(format!("no runtime: {e}"))));
+            return;
+        }
+    };
+    loop {
+        if rows.send(runtime.block_on(reader.fetch())).is_err() {
+            return;
+        }
+        match stop.recv_timeout(REFRESH) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SortKey {
@@ -52,80 +135,69 @@ struct View {
     target: String,
     snapshot: Snapshot,
     error: Option<String>,
+    ever_read: bool,
     sort: SortKey,
     reverse: bool,
     table: TableState,
     fetched_at: Option<chrono::DateTime<chrono::Local>>,
 }
 
-/// Runs until `q`; returns the exit code of the last snapshot.
-pub async fn watch(source: &Source, target: String) -> i32 {
-    let mut view = View {
-        target,
-        snapshot: Snapshot {
-            rows: Vec::new(),
-            now: chrono::Utc::now(),
-        },
-        error: None,
-        sort: SortKey::Name,
-        reverse: false,
-        table: TableState::default().with_selected(Some(0)),
-        fetched_at: None,
-    };
-    let mut terminal = ratatui::init();
-    let mut last_fetch: Option<Instant> = None;
-    let mut ever_read = false;
-    loop {
-        if last_fetch.is_none_or(|t| t.elapsed() >= REFRESH) {
-            match source.fetch().await {
-                Ok(s) => {
-                    view.snapshot = s;
-                    view.error = None;
-                    ever_read = true;
-                }
-                Err(e) => view.error = Some(e.to_string()),
-            }
-            view.fetched_at = Some(chrono::Local::now());
-            view.sort_rows();
-            last_fetch = Some(Instant::now());
-        }
-        if terminal.draw(|f| view.draw(f)).is_err() {
-            break;
-        }
-        let wait = REFRESH
-            .saturating_sub(last_fetch.map(|t| t.elapsed()).unwrap_or_default())
-            .min(Duration::from_millis(250));
-        if let Ok(true) = event::poll(wait) {
-            if let Ok(Event::Key(key)) = event::read() {
-                if key.kind != KeyEventKind::Press {
-                    continue;
-                }
-                match key.code {
-                    KeyCode::Char('q') | KeyCode::Esc => break,
-                    KeyCode::Down | KeyCode::Char('j') => view.move_by(1),
-                    KeyCode::Up | KeyCode::Char('k') => view.move_by(-1),
-                    KeyCode::Char('s') => {
-                        view.sort = view.sort.next();
-                        view.sort_rows();
-                    }
-                    KeyCode::Char('r') => {
-                        view.reverse = !view.reverse;
-                        view.sort_rows();
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    ratatui::restore();
-    if ever_read {
-        exit_code(&view.snapshot)
-    } else {
-        EXIT_UNREADABLE
-    }
-}
+/// Which columns show, most important first: a narrow terminal drops the
+/// rest, never the names.
+const PRIORITY: [usize; 11] = [0, 1, 2, 3, 4, 8, 9, 10, 5, 6, 7];
+/// Each column's width (the name's is measured).
+const WIDTHS: [u16; 11] = [0, 8, 12, 9, 7, 7, 8, 12, 10, 7, 12];
+const NAME_WIDTH: (u16, u16) = (6, 40);
 
 impl View {
+    fn new(target: String) -> Self {
+        View {
+            target,
+            snapshot: Snapshot {
+                rows: Vec::new(),
+                now: chrono::Utc::now(),
+            },
+            error: None,
+            ever_read: false,
+            sort: SortKey::Name,
+            reverse: false,
+            table: TableState::default().with_selected(Some(0)),
+            fetched_at: None,
+        }
+    }
+
+    fn update(&mut self, fetched: Result<Snapshot, ReadError>) {
+        // The selection follows the worker, not the line, across refreshes.
+        let selected = self.selected().map(|r| r.worker_name.clone());
+        match fetched {
+            Ok(s) => {
+                self.snapshot = s;
+                self.error = None;
+                self.ever_read = true;
+            }
+            Err(e) => self.error = Some(e.to_string()),
+        }
+        self.fetched_at = Some(chrono::Local::now());
+        self.sort_rows();
+        self.select_named(selected);
+    }
+
+    fn key(&mut self, code: KeyCode) {
+        match code {
+            KeyCode::Down | KeyCode::Char('j') => self.move_by(1),
+            KeyCode::Up | KeyCode::Char('k') => self.move_by(-1),
+            KeyCode::Char('s') => {
+                self.sort = self.sort.next();
+                self.sort_rows();
+            }
+            KeyCode::Char('r') => {
+                self.reverse = !self.reverse;
+                self.sort_rows();
+            }
+            _ => {}
+        }
+    }
+
     fn move_by(&mut self, delta: i64) {
         let n = self.snapshot.rows.len() as i64;
         if n == 0 {
@@ -138,6 +210,24 @@ impl View {
 
     fn sort_rows(&mut self) {
         let selected = self.selected().map(|r| r.worker_name.clone());
+        self.sort_rows_only();
+        self.select_named(selected);
+    }
+
+    fn select_named(&mut self, name: Option<String>) {
+        let at = name
+            .and_then(|name| {
+                self.snapshot
+                    .rows
+                    .iter()
+                    .position(|r| r.worker_name == name)
+            })
+            .unwrap_or(0);
+        self.table
+            .select(Some(at.min(self.snapshot.rows.len().saturating_sub(1))));
+    }
+
+    fn sort_rows_only(&mut self) {
         let now = self.snapshot.now;
         let key = self.sort;
         self.snapshot.rows.sort_by(|a, b| {
@@ -154,16 +244,6 @@ impl View {
         if self.reverse {
             self.snapshot.rows.reverse();
         }
-        let at = selected
-            .and_then(|name| {
-                self.snapshot
-                    .rows
-                    .iter()
-                    .position(|r| r.worker_name == name)
-            })
-            .unwrap_or(0);
-        self.table
-            .select(Some(at.min(self.snapshot.rows.len().saturating_sub(1))));
     }
 
     fn selected(&self) -> Option<&StatusRow> {
@@ -172,27 +252,63 @@ impl View {
             .and_then(|i| self.snapshot.rows.get(i))
     }
 
-    fn draw(&mut self, f: &mut Frame) {
-        let [title, table, detail, help] = Layout::vertical([
-            Constraint::Length(1),
-            Constraint::Min(5),
-            Constraint::Length(12),
-            Constraint::Length(1),
-        ])
-        .areas(f.area());
-        let now = self.snapshot.now;
-        let running = self
+    /// The columns that fit in `width`, in display order, with their widths.
+    fn columns_for(&self, width: u16) -> Vec<(usize, u16)> {
+        let name = self
             .snapshot
             .rows
             .iter()
-            .filter(|r| r.health(now) == Health::Running)
-            .count();
+            .map(|r| r.worker_name.chars().count())
+            .max()
+            .unwrap_or(0)
+            .clamp(usize::from(NAME_WIDTH.0), usize::from(NAME_WIDTH.1)) as u16;
+        // Borders take 2; each column after the first takes a space.
+        let mut room = width.saturating_sub(2);
+        let mut shown = Vec::new();
+        for &i in &PRIORITY {
+            let w = if i == 0 { name.min(room) } else { WIDTHS[i] };
+            let need = w + u16::from(!shown.is_empty());
+            if need > room {
+                continue;
+            }
+            room -= need;
+            shown.push((i, w));
+        }
+        shown.sort_by_key(|(i, _)| *i);
+        shown
+    }
+
+    fn draw(&mut self, f: &mut Frame) {
+        let area = f.area();
+        // The detail pane only where there is room for the table too.
+        let detail_height = match area.height {
+            h if h >= 30 => 12,
+            h if h >= 20 => 8,
+            _ => 0,
+        };
+        let [title, table, detail, help] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(3),
+            Constraint::Length(detail_height),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        self.draw_title(f, title);
+        self.draw_table(f, table);
+        if detail_height > 0 {
+            self.draw_detail(f, detail);
+        }
+        f.render_widget(
+            Line::from(" q quit   ↑/↓ select   s sort   r reverse")
+                .style(Style::new().fg(Color::DarkGray)),
+            help,
+        );
+    }
+
+    fn draw_title(&self, f: &mut Frame, area: Rect) {
         let mut spans = vec![
             Span::styled(
-                format!(
-                    "Worker Status  {running}/{} running",
-                    self.snapshot.rows.len()
-                ),
+                headline(&self.snapshot),
                 Style::new().add_modifier(Modifier::BOLD),
             ),
             Span::raw(format!("   {}", self.target)),
@@ -206,76 +322,62 @@ impl View {
                 Style::new().fg(Color::Red),
             ));
         }
-        f.render_widget(Line::from(spans), title);
+        f.render_widget(Line::from(spans), area);
+    }
 
-        let header = Row::new(COLUMNS).style(Style::new().add_modifier(Modifier::BOLD));
+    fn draw_table(&mut self, f: &mut Frame, area: Rect) {
+        let now = self.snapshot.now;
+        let columns = self.columns_for(area.width);
+        let header = Row::new(columns.iter().map(|(i, _)| COLUMNS[*i]))
+            .style(Style::new().add_modifier(Modifier::BOLD));
         let rows: Vec<Row> = self
             .snapshot
             .rows
             .iter()
             .map(|r| {
                 let health = r.health(now);
-                let cells = row_cells(r, now).into_iter().enumerate().map(|(i, c)| {
-                    if i == 1 {
-                        Cell::from(c).style(Style::new().fg(color(health)))
+                let cells = row_cells(r, now);
+                Row::new(columns.iter().map(|(i, _)| {
+                    let cell = Cell::from(cells[*i].clone());
+                    if *i == 1 {
+                        cell.style(Style::new().fg(color(health)))
                     } else {
-                        Cell::from(c)
+                        cell
                     }
-                });
-                Row::new(cells)
+                }))
             })
             .collect();
-        let name_width = self
-            .snapshot
-            .rows
+        let widths: Vec<Constraint> = columns
             .iter()
-            .map(|r| r.worker_name.chars().count())
-            .max()
-            .unwrap_or(0)
-            .clamp(6, 40) as u16;
-        let widths = [
-            Constraint::Length(name_width),
-            Constraint::Length(8),
-            Constraint::Length(12),
-            Constraint::Length(9),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(8),
-            Constraint::Length(12),
-            Constraint::Length(10),
-            Constraint::Length(12),
-        ];
+            .map(|(_, w)| Constraint::Length(*w))
+            .collect();
         let block = Block::new().borders(Borders::ALL).title(format!(
             " sorted by {}{} ",
             self.sort.label(),
             if self.reverse { ", reversed" } else { "" }
         ));
-        let table_widget = Table::new(rows, widths)
+        let table = Table::new(rows, widths)
             .header(header)
             .block(block)
             .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
-        f.render_stateful_widget(table_widget, table, &mut self.table);
+        f.render_stateful_widget(table, area, &mut self.table);
+    }
 
-        let detail_text = match self.selected() {
-            None => vec![Line::from("No worker has reported yet.")],
+    fn draw_detail(&self, f: &mut Frame, area: Rect) {
+        let now = self.snapshot.now;
+        let text = match self.selected() {
+            None => vec![Line::from(NO_WORKERS)],
             Some(r) => detail_lines(r, now),
         };
-        let detail_block = Block::new().borders(Borders::ALL).title(format!(
+        let block = Block::new().borders(Borders::ALL).title(format!(
             " {} ",
             self.selected()
                 .map(|r| r.worker_name.as_str())
                 .unwrap_or("detail")
         ));
         f.render_widget(
-            Paragraph::new(detail_text)
-                .block(detail_block)
-                .wrap(Wrap { trim: false }),
-            detail,
-        );
-        f.render_widget(
-            Line::from(" q quit   ↑/↓ select   s sort   r reverse")
-                .style(Style::new().fg(Color::DarkGray)),
-            help,
+            Paragraph::new(text).block(block).wrap(Wrap { trim: false }),
+            area,
         );
     }
 }
@@ -336,5 +438,127 @@ fn color(h: Health) -> Color {
         Health::Crashed => Color::Red,
         Health::Stopped => Color::Gray,
         Health::Unknown => Color::DarkGray,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+    use serde_json::json;
+
+    fn snapshot() -> Snapshot {
+        let now = chrono::Utc::now();
+        let row = |name: &str, status: &str, ago: i64| -> StatusRow {
+            serde_json::from_value(json!({
+                "worker_name": name, "status": status, "jobs_processed": 42, "error_count": 3,
+                "last_heartbeat": now - chrono::Duration::seconds(ago), "heartbeat_interval_seconds": 30,
+                "memory_rss_bytes": 50_593_792, "uptime_seconds": 7500, "pid": 4242,
+                "hostname": "vps-1", "last_error": "ERROR: upstream timed out", "cpu_percent": 2.5
+            }))
+            .expect("row")
+        };
+        Snapshot {
+            rows: vec![
+                row("order-executor-eu-west-1", "running", 3),
+                row("pnl-nightly", "crashed", 40),
+                row("crawler", "running", 600),
+            ],
+            now,
+        }
+    }
+
+    fn render(view: &mut View, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).expect("terminal");
+        terminal.draw(|f| view.draw(f)).expect("draw");
+        let buffer = terminal.backend().buffer().clone();
+        (0..height)
+            .map(|y| {
+                (0..width)
+                    .map(|x| buffer[(x, y)].symbol().to_owned())
+                    .collect::<String>()
+                    + "\n"
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_wide_terminal_shows_every_column_and_the_detail_pane() {
+        let mut view = View::new("the local store /tmp/x.db".into());
+        view.update(Ok(snapshot()));
+        let screen = render(&mut view, 150, 40);
+        for column in COLUMNS {
+            assert!(screen.contains(column), "{column} missing:\n{screen}");
+        }
+        assert!(screen.contains("Worker Status  1/3 running"), "{screen}");
+        assert!(screen.contains("order-executor-eu-west-1"), "{screen}");
+        assert!(
+            screen.contains("stale") && screen.contains("crashed"),
+            "{screen}"
+        );
+        assert!(screen.contains("last error"), "detail pane:\n{screen}");
+        assert!(screen.contains("q quit"), "{screen}");
+    }
+
+    #[test]
+    fn a_narrow_terminal_keeps_names_whole_and_drops_columns_instead() {
+        let mut view = View::new("the local store /tmp/x.db".into());
+        view.update(Ok(snapshot()));
+        let screen = render(&mut view, 60, 12);
+        assert!(
+            screen.contains("order-executor-eu-west-1") && screen.contains("pnl-nightly"),
+            "names cut at 60x12:\n{screen}"
+        );
+        assert!(
+            screen.contains("HEALTH") && screen.contains("running"),
+            "{screen}"
+        );
+        assert!(
+            !screen.contains("HOST"),
+            "low-priority columns go first:\n{screen}"
+        );
+    }
+
+    #[test]
+    fn keys_move_the_selection_and_sort() {
+        let mut view = View::new("t".into());
+        view.update(Ok(snapshot()));
+        assert_eq!(
+            view.selected().map(|r| r.worker_name.as_str()),
+            Some("crawler")
+        );
+        view.key(KeyCode::Down);
+        assert_eq!(
+            view.selected().map(|r| r.worker_name.as_str()),
+            Some("order-executor-eu-west-1")
+        );
+        view.key(KeyCode::Char('s'));
+        assert_eq!(view.sort, SortKey::Health);
+        assert_eq!(
+            view.selected().map(|r| r.worker_name.as_str()),
+            Some("order-executor-eu-west-1"),
+            "the selection follows the worker"
+        );
+        let screen = render(&mut view, 150, 40);
+        assert!(screen.contains("sorted by health"), "{screen}");
+        let mut refreshed = snapshot();
+        refreshed.rows.reverse();
+        view.update(Ok(refreshed));
+        assert_eq!(
+            view.selected().map(|r| r.worker_name.as_str()),
+            Some("order-executor-eu-west-1"),
+            "a refresh keeps the selected worker"
+        );
+    }
+
+    #[test]
+    fn a_read_error_shows_and_keeps_the_last_rows() {
+        let mut view = View::new("t".into());
+        view.update(Ok(snapshot()));
+        view.update(Err(ReadError::Timeout(Duration::from_secs(10))));
+        let screen = render(&mut view, 150, 40);
+        assert!(screen.contains("error: no answer within 10s"), "{screen}");
+        assert!(screen.contains("pnl-nightly"), "{screen}");
     }
 }

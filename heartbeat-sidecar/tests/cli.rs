@@ -11,6 +11,14 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 async fn check_with(response: ResponseTemplate) -> (Option<i32>, String) {
     let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&server)
+        .await;
     Mock::given(method("POST"))
         .respond_with(response)
         .mount(&server)
@@ -84,33 +92,64 @@ async fn check_names_missing_configuration() {
     );
 }
 
+/// check proves the write path under a throwaway name: a stopped worker's
+/// final row and a live worker's row are exactly as they were, and nothing
+/// is left behind.
 #[tokio::test(flavor = "multi_thread")]
-async fn check_leaves_a_live_workers_row_alone() {
+async fn check_leaves_every_row_as_it_was_and_nothing_behind() {
     let dir = tempfile::tempdir().expect("tmp");
-    let db = dir.path().join("live.db");
-    let hb = heartbeat_sdk::Heartbeat::builder("live-worker")
+    let db = dir.path().join("rows.db");
+    let finished = heartbeat_sdk::Heartbeat::builder("finished-worker")
         .local_store(&db)
         .handle_signals(false)
         .start()
         .expect("start");
-    hb.increment_job();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut cmd = sidecar();
-    cmd.env("HP_STORE", &db)
-        .args(["check", "--name", "live-worker"]);
-    let out = output_within(cmd, Duration::from_secs(10)).await;
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already reporting"));
-    let row = heartbeat_sdk::SqliteStore::new(&db)
+    for _ in 0..97 {
+        finished.job_succeeded();
+    }
+    assert!(finished.shutdown());
+    let live = heartbeat_sdk::Heartbeat::builder("live-worker")
+        .local_store(&db)
+        .handle_signals(false)
+        .start()
+        .expect("start");
+    wait_local_row(&db, "live-worker");
+    let before = heartbeat_sdk::sidecar::SqliteStore::new(&db)
         .read_all()
-        .expect("read")
-        .remove(0);
+        .expect("read");
+    for name in ["finished-worker", "live-worker", "new-worker"] {
+        let mut cmd = sidecar();
+        cmd.env("HP_STORE", &db).args(["check", "--name", name]);
+        let out = output_within(cmd, Duration::from_secs(10)).await;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        assert!(text.contains("no worker's row was touched"), "{text}");
+    }
+    let after = heartbeat_sdk::sidecar::SqliteStore::new(&db)
+        .read_all()
+        .expect("read");
+    let names = |rows: &[heartbeat_sdk::StatusRow]| -> Vec<String> {
+        rows.iter().map(|r| r.worker_name.clone()).collect()
+    };
+    assert_eq!(names(&after), names(&before), "no probe row and no new row");
+    let row = |rows: &[heartbeat_sdk::StatusRow], name: &str| {
+        rows.iter()
+            .find(|r| r.worker_name == name)
+            .cloned()
+            .expect("row")
+    };
     assert_eq!(
-        row.status.as_deref(),
-        Some("running"),
-        "check must not overwrite a live worker"
+        row(&after, "finished-worker"),
+        row(&before, "finished-worker"),
+        "the stopped worker's final row is exactly as it was"
     );
-    drop(hb);
+    let (b, a) = (row(&before, "live-worker"), row(&after, "live-worker"));
+    assert_eq!(
+        (a.status, a.instance_id, a.pid),
+        (b.status, b.instance_id, b.pid),
+        "the live worker's row is its own"
+    );
+    drop(live);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -151,7 +190,7 @@ async fn status_exits_0_for_a_healthy_fleet_and_2_when_it_cannot_read() {
         .handle_signals(false)
         .start()
         .expect("start");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_local_row(&db, "healthy");
     let mut cmd = sidecar();
     cmd.env("HP_STORE", &db).arg("status");
     assert_eq!(
@@ -311,4 +350,49 @@ async fn help_shows_every_setting_with_its_environment_variable() {
     let top = sidecar().arg("--help").output().expect("help");
     let top = String::from_utf8_lossy(&top.stdout);
     assert!(top.contains("run") && top.contains("check") && top.contains("status"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_mistakes_say_the_fix_in_the_cli_s_own_words() {
+    let mut cmd = sidecar();
+    cmd.args(["run", "--name", "x", "node", "worker.js"]);
+    let out = output_within(cmd, Duration::from_secs(10)).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("put `--` before the worker's command"),
+        "{err}"
+    );
+
+    let mut cmd = sidecar();
+    cmd.args(["run", "--name", "x", "--interval", "0", "--", "true"]);
+    let out = output_within(cmd, Duration::from_secs(10)).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--interval") && err.contains("1..=86400"),
+        "{err}"
+    );
+    assert!(!err.contains("ns"), "{err}");
+
+    // Errors name variables and flags, never Rust builder calls.
+    let mut cmd = sidecar();
+    cmd.env("SUPABASE_URL", "http://db.example.com")
+        .env("SUPABASE_SECRET_KEY", SECRET_KEY)
+        .arg("check");
+    let out = output_within(cmd, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("HP_ALLOW_INSECURE_HTTP") && !text.contains(".allow_"),
+        "{text}"
+    );
+
+    // With HP_STORE set, the usage line does not show --store as given.
+    let mut cmd = sidecar();
+    cmd.env("HP_STORE", "/tmp/x.db").args(["run", "--", "true"]);
+    let out = output_within(cmd, Duration::from_secs(10)).await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("--name") && !err.contains("--store"), "{err}");
 }

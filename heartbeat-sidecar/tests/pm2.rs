@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use heartbeat_sdk::{SqliteStore, StatusRow};
+use heartbeat_sdk::sidecar::SqliteStore;
+use heartbeat_sdk::StatusRow;
 
 fn skip(why: &str) -> Option<PathBuf> {
     if std::env::var("HP_REQUIRE_PM2").as_deref() == Ok("1") {

@@ -4,15 +4,33 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
+use hp_heartbeat_tests::eventually::{eventually, poll_until};
 
+/// A tmux server of the test's own (a private socket, so the user's tmux is
+/// never touched), killed on drop, quiet on stderr.
 struct Tmux {
+    socket: String,
     session: String,
 }
 
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.tmux().arg("kill-server").status();
+    }
+}
+
 impl Tmux {
+    fn tmux(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    }
+
     fn start(command: &str) -> Option<Tmux> {
         if Command::new("tmux").arg("-V").output().is_err() {
             if std::env::var("HP_REQUIRE_TMUX").as_deref() == Ok("1") {
@@ -21,13 +39,17 @@ impl Tmux {
             eprintln!("\n##### SKIPPED: tmux is not installed, so the --watch view was not tested #####\n");
             return None;
         }
-        let session = format!("hp-watch-{}", std::process::id());
-        let ok = Command::new("tmux")
+        let tmux = Tmux {
+            socket: format!("hp-test-{}", std::process::id()),
+            session: "watch".into(),
+        };
+        let ok = tmux
+            .tmux()
             .args([
                 "new-session",
                 "-d",
                 "-s",
-                &session,
+                &tmux.session,
                 "-x",
                 "150",
                 "-y",
@@ -37,11 +59,12 @@ impl Tmux {
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "tmux new-session failed");
-        Some(Tmux { session })
+        Some(tmux)
     }
 
     fn screen(&self) -> String {
-        let out = Command::new("tmux")
+        let out = self
+            .tmux()
             .args(["capture-pane", "-p", "-t", &self.session])
             .output()
             .expect("capture");
@@ -49,7 +72,7 @@ impl Tmux {
     }
 
     fn keys(&self, keys: &str) {
-        Command::new("tmux")
+        self.tmux()
             .args(["send-keys", "-t", &self.session, keys])
             .status()
             .expect("send-keys");
@@ -57,33 +80,20 @@ impl Tmux {
 
     /// Waits until the screen shows `needle`.
     fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        match poll_until(Duration::from_secs(10), || {
             let screen = self.screen();
-            if screen.contains(needle) || Instant::now() > deadline {
-                assert!(
-                    screen.contains(needle),
-                    "{needle:?} never appeared:\n{screen}"
-                );
-                return screen;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            screen.contains(needle).then_some(screen)
+        }) {
+            Some(screen) => screen,
+            None => panic!("{needle:?} never appeared:\n{}", self.screen()),
         }
     }
 
     fn alive(&self) -> bool {
-        Command::new("tmux")
+        self.tmux()
             .args(["has-session", "-t", &self.session])
             .status()
             .is_ok_and(|s| s.success())
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .status();
     }
 }
 
@@ -134,9 +144,24 @@ fn watch_shows_rows_the_detail_pane_sorting_and_quits_on_q() {
     assert!(tmux.screen().contains("┌ crashed-worker"));
 
     tmux.keys("q");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tmux.alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!tmux.alive(), "q did not quit");
+    eventually(Duration::from_secs(5), "q quits the view", || {
+        (!tmux.alive()).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_without_a_terminal_is_a_clear_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("watch.db");
+    store_with_every_state(&db);
+    let mut cmd = sidecar();
+    cmd.env("HP_STORE", &db).args(["status", "--watch"]);
+    let out = output_within(cmd, Duration::from_secs(10)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("needs a terminal") && err.contains("--json"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -892,16 +892,12 @@ mod tests {
         .await
     }
 
-    /// Polls `probe` until it returns `Some`, or panics after `WITHIN`.
-    async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + WITHIN;
-        loop {
-            if let Some(v) = probe() {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    /// The first huge body's outcome, once the server has one.
+    async fn first_body_taken(server: &ChaosServer) -> BodyTaken {
+        crate::eventually::eventually_async(WITHIN, "the huge body's outcome", || {
+            std::future::ready(server.body_bytes_taken().first().copied())
+        })
+        .await
     }
 
     async fn raw_request(server: &ChaosServer) -> TcpStream {
@@ -1119,10 +1115,7 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 500"), "{text}");
         assert!(text.contains(&format!("content-length: {bytes}")), "{text}");
         drop(s);
-        let taken = eventually("the huge body's outcome", || {
-            server.body_bytes_taken().first().copied()
-        })
-        .await;
+        let taken = first_body_taken(&server).await;
         assert_eq!(
             (taken.seq, taken.offered, taken.client_closed),
             (1, bytes, true)
@@ -1152,7 +1145,7 @@ mod tests {
         let r = beat(&server, &http).await.expect("beat");
         assert_eq!(r.status(), 500);
         assert_eq!(r.bytes().await.expect("body").len(), 300_000);
-        let taken = eventually("the outcome", || server.body_bytes_taken().first().copied()).await;
+        let taken = first_body_taken(&server).await;
         assert_eq!((taken.taken, taken.client_closed), (300_000, false));
         server.set(Mode::Accept);
         assert_eq!(beat(&server, &http).await.expect("beat").status(), 201);

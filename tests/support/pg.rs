@@ -217,6 +217,12 @@ impl Postgres {
     }
 
     fn run(&self, db: Option<&str>, sql: &str) -> SqlResult {
+        self.run_with_notices(db, sql).map(|(out, _)| out)
+    }
+
+    /// Runs a script; on success, its output and what psql printed on
+    /// stderr (NOTICEs and WARNINGs).
+    fn run_with_notices(&self, db: Option<&str>, sql: &str) -> Result<(String, String), String> {
         let mut child = Command::new("psql")
             .args([
                 "-X",
@@ -246,7 +252,10 @@ impl Postgres {
         }
         let out = child.wait_with_output().map_err(|e| format!("psql: {e}"))?;
         if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            Ok((
+                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ))
         } else {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
         }
@@ -264,6 +273,14 @@ impl Database<'_> {
     /// Runs a script as the admin user; stops at the first error.
     pub fn sql(&self, sql: &str) -> SqlResult {
         self.server.run(Some(&self.name), sql)
+    }
+
+    /// Runs a script as the admin user; returns what it printed as NOTICEs
+    /// and WARNINGs.
+    pub fn sql_with_notices(&self, sql: &str) -> SqlResult {
+        self.server
+            .run_with_notices(Some(&self.name), sql)
+            .map(|(_, notices)| notices)
     }
 
     /// Runs a file as the admin user.

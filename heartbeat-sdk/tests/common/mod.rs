@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hp_heartbeat_tests::eventually::poll_until_async;
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -55,15 +56,28 @@ pub async fn accepting_server() -> (MockServer, Recorder) {
     (server, recorder)
 }
 
-/// Polls until the server has `n` requests or `timeout` passes.
+/// The beats (upserts) the server received, oldest first: the reporter's
+/// other requests (the look at its own row at start) are left out.
+pub async fn beats(server: &MockServer) -> Vec<Request> {
+    server
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .collect()
+}
+
+/// Polls until the server has `n` beats or `timeout` passes.
 pub async fn wait_for_requests(server: &MockServer, n: usize, timeout: Duration) -> Vec<Request> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = server.received_requests().await.unwrap_or_default();
-        if got.len() >= n || Instant::now() >= deadline {
-            return got;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let enough = poll_until_async(timeout, || async {
+        let got = beats(server).await;
+        (got.len() >= n).then_some(got)
+    })
+    .await;
+    match enough {
+        Some(got) => got,
+        None => beats(server).await,
     }
 }
 

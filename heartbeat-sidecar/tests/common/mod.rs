@@ -2,8 +2,9 @@
 #![allow(dead_code)]
 
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hp_heartbeat_tests::eventually::{eventually, poll_until, poll_until_async};
 use serde_json::Value;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -68,16 +69,25 @@ pub async fn wait_row(
     timeout: Duration,
     want: impl Fn(&Value) -> bool,
 ) -> Option<Value> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(r) = rows(server, name).await.into_iter().rev().find(|r| want(r)) {
-            return Some(r);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until_async(timeout, || async {
+        rows(server, name).await.into_iter().rev().find(|r| want(r))
+    })
+    .await
+}
+
+/// Waits until the local store at `db` holds a row for `name`.
+pub fn wait_local_row(db: &std::path::Path, name: &str) -> heartbeat_sdk::StatusRow {
+    eventually(
+        Duration::from_secs(10),
+        &format!("a row for {name} in {}", db.display()),
+        || {
+            heartbeat_sdk::sidecar::SqliteStore::new(db)
+                .read_all()
+                .ok()?
+                .into_iter()
+                .find(|r| r.worker_name == name)
+        },
+    )
 }
 
 pub async fn last_row(server: &MockServer, name: &str) -> Value {
@@ -87,17 +97,13 @@ pub async fn last_row(server: &MockServer, name: &str) -> Value {
 /// Waits for the child to end, killing it after `timeout`.
 pub async fn wait_exit(mut child: Child, timeout: Duration) -> (ExitStatus, Child) {
     tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return (status, child);
-            }
-            if Instant::now() > deadline {
+        match poll_until(timeout, || child.try_wait().ok().flatten()) {
+            Some(status) => (status, child),
+            None => {
                 let _ = child.kill();
                 let status = child.wait().expect("wait");
                 panic!("the sidecar did not end within {timeout:?} (killed: {status:?})");
             }
-            std::thread::sleep(Duration::from_millis(5));
         }
     })
     .await
@@ -133,6 +139,9 @@ pub fn node_available() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
+        if std::env::var("HP_REQUIRE_NODE").as_deref() == Ok("1") {
+            panic!("HP_REQUIRE_NODE=1 but node is not installed");
+        }
         eprintln!("\n##### SKIPPED: node is not installed, so this Node test did not run #####\n");
     }
     ok
@@ -180,10 +189,10 @@ pub fn store_with_every_state(path: &std::path::Path) {
             .handle_signals(false)
             .start()
             .expect("start");
-        hb.shutdown_blocking(Duration::from_secs(2));
+        hb.shutdown();
         mem.rows().pop().expect("row")
     };
-    let store = heartbeat_sdk::SqliteStore::new(path);
+    let store = heartbeat_sdk::sidecar::SqliteStore::new(path);
     for (name, status) in [
         ("fresh-worker", "running"),
         ("stale-worker", "running"),

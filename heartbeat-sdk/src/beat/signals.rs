@@ -7,16 +7,17 @@ use std::time::Duration;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::heartbeat::{FinalState, Inner};
+use crate::beat::shared::Shared;
+use crate::model::row::FinalState;
 
-static WATCHED: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+static WATCHED: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 static THREAD: Mutex<bool> = Mutex::new(false);
 
-/// Registers `inner` for the shutdown signals, starting the one signal thread on first use.
-pub(crate) fn watch(inner: &Arc<Inner>) -> std::io::Result<()> {
+/// Registers `shared` for the shutdown signals, starting the one signal thread on first use.
+pub(crate) fn watch(shared: &Arc<Shared>) -> std::io::Result<()> {
     if let Ok(mut watched) = WATCHED.lock() {
         watched.retain(|w| w.strong_count() > 0);
-        watched.push(Arc::downgrade(inner));
+        watched.push(Arc::downgrade(shared));
     }
     let Ok(mut started) = THREAD.lock() else {
         return Ok(());
@@ -41,12 +42,12 @@ pub(crate) fn watch(inner: &Arc<Inner>) -> std::io::Result<()> {
 }
 
 fn stop_all() {
-    let live: Vec<Arc<Inner>> = WATCHED
+    let live: Vec<Arc<Shared>> = WATCHED
         .lock()
         .map(|w| w.iter().filter_map(Weak::upgrade).collect())
         .unwrap_or_default();
-    for inner in &live {
-        inner.request_stop(FinalState::default());
+    for shared in &live {
+        shared.request_stop(FinalState::default());
     }
     // They send in parallel; wait for the slowest, each bounded by its budget.
     let longest = live
@@ -55,7 +56,7 @@ fn stop_all() {
         .max()
         .unwrap_or_default();
     let deadline = std::time::Instant::now() + longest + Duration::from_millis(50);
-    for inner in &live {
-        inner.wait_done(deadline.saturating_duration_since(std::time::Instant::now()));
+    for shared in &live {
+        shared.wait_done(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 }

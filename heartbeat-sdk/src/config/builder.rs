@@ -1,60 +1,19 @@
-//! Configuration: a builder, filled from the environment only where the user
-//! left a field unset, validated once at start.
+//! The builder: every option, filled from the environment only where the
+//! user left a field unset, validated once at start. Starting and checking
+//! live with the handle (`crate::handle`), which this module does not know.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::error::ConfigError;
-use crate::heartbeat::{FinalState, Heartbeat, Inner};
-use crate::key::ApiKey;
-use crate::probe::{OwnProcess, ProcessProbe};
-use crate::reporter::{BeatLoop, Identity};
-use crate::row::WorkerStatus;
-use crate::settings::{StoreChoice, StoreSettings};
-use crate::state::Counters;
+use crate::beat::probe::ProcessProbe;
+use crate::config::env;
+use crate::config::target::StoreSettings;
+use crate::model::error::ConfigError;
 use crate::transport::Transport;
 
-/// Default beat interval.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
-/// Default number of errors in a row that opens the circuit breaker.
-pub const DEFAULT_BREAKER_THRESHOLD: u32 = 10;
-/// Default time the final row may take: below PM2's 1.6 s kill timeout.
-pub const DEFAULT_SHUTDOWN_BUDGET: Duration = Duration::from_secs(1);
-/// Default TCP + TLS connect timeout.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Default whole-request timeout.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The environment variables read by [`HeartbeatBuilder::from_env`].
-pub mod env {
-    /// Project URL.
-    pub const URL: &str = "SUPABASE_URL";
-    /// API keys, first found wins.
-    pub const KEYS: [&str; 3] = [
-        "SUPABASE_SECRET_KEY",
-        "SUPABASE_SERVICE_ROLE_KEY",
-        "SUPABASE_SERVICE_KEY",
-    ];
-    /// Overrides the worker name given in code.
-    pub const WORKER_NAME: &str = "HP_WORKER_NAME";
-    /// `supabase`, `local`, or a path to the local SQLite store.
-    pub const STORE: &str = "HP_STORE";
-    /// Beat interval in whole seconds (at least 1).
-    pub const INTERVAL: &str = "HP_HEARTBEAT_INTERVAL_SECS";
-    /// Errors in a row that open the breaker.
-    pub const BREAKER_THRESHOLD: &str = "HP_CIRCUIT_BREAKER_THRESHOLD";
-    /// Final-row budget in milliseconds.
-    pub const SHUTDOWN_BUDGET: &str = "HP_SHUTDOWN_BUDGET_MS";
-    /// Schema of the table.
-    pub const SCHEMA: &str = "HP_SUPABASE_SCHEMA";
-    /// `1` allows plain http to a non-loopback host.
-    pub const ALLOW_INSECURE_HTTP: &str = "HP_ALLOW_INSECURE_HTTP";
-}
-
-/// Configures and starts a [`Heartbeat`].
+/// Configures and starts a [`Heartbeat`](crate::Heartbeat).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -68,17 +27,18 @@ pub mod env {
 /// # Ok::<(), heartbeat_sdk::ConfigError>(())
 /// ```
 pub struct HeartbeatBuilder {
-    name: String,
-    settings: StoreSettings,
+    pub(crate) name: String,
+    pub(crate) settings: StoreSettings,
     interval: Option<Duration>,
     breaker_threshold: Option<u32>,
     shutdown_budget: Option<Duration>,
-    handle_signals: bool,
+    pub(crate) handle_signals: bool,
     metadata: Map<String, Value>,
     version: Option<String>,
     reporter: String,
     transport: Option<Box<dyn Transport>>,
     probe: Option<Box<dyn ProcessProbe>>,
+    settle_beat: Option<Duration>,
     env_error: Option<ConfigError>,
 }
 
@@ -95,13 +55,18 @@ impl fmt::Debug for HeartbeatBuilder {
     }
 }
 
-/// Everything [`HeartbeatBuilder::start`] needs, checked.
+/// Everything starting a reporter needs, checked.
 pub(crate) struct Validated {
     pub name: String,
     pub interval: Duration,
     pub breaker_threshold: u32,
     pub shutdown_budget: Duration,
     pub transport: Box<dyn Transport>,
+    pub probe: Option<Box<dyn ProcessProbe>>,
+    pub metadata: Map<String, Value>,
+    pub version: Option<String>,
+    pub reporter: String,
+    pub settle_beat: Option<Duration>,
 }
 
 impl HeartbeatBuilder {
@@ -118,6 +83,7 @@ impl HeartbeatBuilder {
             reporter: concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION")).to_owned(),
             transport: None,
             probe: None,
+            settle_beat: None,
             env_error: None,
         }
     }
@@ -130,20 +96,20 @@ impl HeartbeatBuilder {
 
     /// The API key: the secret (`sb_secret_...`) or legacy `service_role` key.
     pub fn key(mut self, key: impl Into<String>) -> Self {
-        self.settings.key = Some((ApiKey::new(key), "builder .key()".into()));
+        self.settings = self.settings.key(key, "the key given in code");
         self
     }
 
     /// The schema holding `hp_worker_status` (default `public`).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.settings.schema = Some(schema.into());
+        self.settings = self.settings.schema(schema);
         self
     }
 
-    /// Reports to a local SQLite file instead of Supabase (the default when
-    /// no `SUPABASE_URL` is set is [`StoreSettings::default_local_path`]).
+    /// Reports to a local SQLite file instead of Supabase (with no
+    /// `SUPABASE_URL`, the local store is the default anyway).
     pub fn local_store(mut self, path: impl Into<std::path::PathBuf>) -> Self {
-        self.settings.store = Some(StoreChoice::Local(Some(path.into())));
+        self.settings = self.settings.local_store(path);
         self
     }
 
@@ -187,24 +153,24 @@ impl HeartbeatBuilder {
 
     /// Allows `http://` to a non-loopback host (the key then crosses the network in clear).
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        self.settings.allow_insecure_http = Some(allow);
+        self.settings = self.settings.allow_insecure_http(allow);
         self
     }
 
     /// TCP + TLS connect timeout (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = timeout;
+        self.settings = self.settings.connect_timeout(timeout);
         self
     }
 
     /// Whole-request timeout (default 10 s); a beat also never outlives the interval.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.request_timeout = timeout;
+        self.settings = self.settings.request_timeout(timeout);
         self
     }
 
-    /// Replaces the connection settings (the sidecar layers its flags this way).
-    pub fn settings(mut self, settings: StoreSettings) -> Self {
+    /// Replaces where rows go ([`StoreSettings`]) in one go.
+    pub fn store_settings(mut self, settings: StoreSettings) -> Self {
         self.settings = settings;
         self
     }
@@ -216,8 +182,17 @@ impl HeartbeatBuilder {
     }
 
     /// Samples another process than this one (the sidecar samples its child).
+    #[doc(hidden)]
     pub fn process_probe(mut self, probe: impl ProcessProbe) -> Self {
         self.probe = Some(Box::new(probe));
+        self
+    }
+
+    /// Sends a second beat this soon after the first (the sidecar's child
+    /// has loaded by then).
+    #[doc(hidden)]
+    pub fn settle_beat(mut self, after: Duration) -> Self {
+        self.settle_beat = Some(after);
         self
     }
 
@@ -236,6 +211,7 @@ impl HeartbeatBuilder {
 
     /// [`from_env`](Self::from_env) with the lookup passed in, for tests and
     /// for callers (like the sidecar's flags) that layer their own sources.
+    #[doc(hidden)]
     pub fn apply_env(mut self, get: impl Fn(&str) -> Option<String>) -> Self {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
         if let Some(name) = get(env::WORKER_NAME) {
@@ -262,7 +238,7 @@ impl HeartbeatBuilder {
         if self.interval.is_none() {
             self.interval = parse(
                 env::INTERVAL,
-                "a whole number of seconds, at least 1 (default 30)",
+                "a whole number of seconds, 1 to 86400 (default 30)",
             )
             .map(Duration::from_secs);
         }
@@ -290,6 +266,7 @@ impl HeartbeatBuilder {
     ///
     /// # Errors
     /// The first [`ConfigError`] found.
+    #[doc(hidden)]
     pub fn validate_config(&self) -> Result<(), ConfigError> {
         self.checked_numbers()?;
         if self.transport.is_none() {
@@ -303,15 +280,17 @@ impl HeartbeatBuilder {
             return Err(e.clone());
         }
         validate_name(&self.name)?;
-        let interval = self.interval.unwrap_or(DEFAULT_INTERVAL);
+        let interval = self.interval.unwrap_or(env::DEFAULT_INTERVAL);
         if interval < Duration::from_secs(1) || interval > Duration::from_secs(86_400) {
             return Err(ConfigError::InvalidSetting {
                 name: "interval",
-                value: format!("{interval:?}"),
-                expected: "between 1 s and 1 day (default 30 s)",
+                value: format!("{} s", interval.as_secs_f64()),
+                expected: "between 1 and 86400 seconds (default 30)",
             });
         }
-        let breaker_threshold = self.breaker_threshold.unwrap_or(DEFAULT_BREAKER_THRESHOLD);
+        let breaker_threshold = self
+            .breaker_threshold
+            .unwrap_or(env::DEFAULT_BREAKER_THRESHOLD);
         if breaker_threshold == 0 {
             return Err(ConfigError::InvalidSetting {
                 name: "circuit_breaker_threshold",
@@ -319,116 +298,49 @@ impl HeartbeatBuilder {
                 expected: "at least 1 (default 10)",
             });
         }
-        let shutdown_budget = self.shutdown_budget.unwrap_or(DEFAULT_SHUTDOWN_BUDGET);
+        let shutdown_budget = self.shutdown_budget.unwrap_or(env::DEFAULT_SHUTDOWN_BUDGET);
         if shutdown_budget.is_zero() || shutdown_budget > Duration::from_secs(60) {
             return Err(ConfigError::InvalidSetting {
                 name: "shutdown_budget",
-                value: format!("{shutdown_budget:?}"),
-                expected: "between 1 ms and 60 s (default 1 s)",
+                value: format!("{} ms", shutdown_budget.as_millis()),
+                expected: "between 1 and 60000 milliseconds (default 1000)",
             });
         }
         Ok((interval, breaker_threshold, shutdown_budget))
     }
 
+    pub(crate) fn has_transport(&self) -> bool {
+        self.transport.is_some()
+    }
+
+    pub(crate) fn reporter_name(&self) -> String {
+        self.reporter.clone()
+    }
+
     /// Checks everything and builds the transport, without starting anything.
-    pub(crate) fn validate(&mut self) -> Result<Validated, ConfigError> {
+    pub(crate) fn validate(mut self) -> Result<Validated, ConfigError> {
         let (interval, breaker_threshold, shutdown_budget) = self.checked_numbers()?;
         let transport = match self.transport.take() {
             Some(t) => t,
             None => self.settings.resolve()?.into_transport(&self.reporter)?,
         };
         Ok(Validated {
-            name: self.name.clone(),
+            name: self.name,
             interval,
             breaker_threshold,
             shutdown_budget,
             transport,
+            probe: self.probe,
+            metadata: self.metadata,
+            version: self.version,
+            reporter: self.reporter,
+            settle_beat: self.settle_beat,
         })
     }
-
-    /// Validates the configuration and starts beating: the first beat goes
-    /// out at once, on a background thread.
-    ///
-    /// # Errors
-    /// A [`ConfigError`] naming the bad or missing setting and the fix.
-    pub fn start(self) -> Result<Heartbeat, ConfigError> {
-        let handle_signals = self.handle_signals;
-        let (beat_loop, name) = self.prepare()?;
-        let inner = Arc::clone(&beat_loop.inner);
-        std::thread::Builder::new()
-            .name("hp-heartbeat".into())
-            .spawn(move || beat_loop.run_blocking())
-            .map_err(|e| ConfigError::Thread(e.to_string()))?;
-        if handle_signals {
-            crate::signals::watch(&inner)
-                .map_err(|e| ConfigError::Thread(format!("signal handler: {e}")))?;
-        }
-        Ok(Heartbeat {
-            inner,
-            worker_name: name,
-        })
-    }
-
-    /// Sends one row with status `unknown` and reports what went wrong, in
-    /// words a user can act on. Starts nothing; for setup checks.
-    ///
-    /// The row is the worker's own (same name): a worker already running
-    /// restores its status and totals with its next beat.
-    ///
-    /// # Errors
-    /// [`CheckError::Config`] for a bad setting, [`CheckError::Send`] for
-    /// what the server answered.
-    pub async fn check(self) -> Result<(), CheckError> {
-        let (mut beat_loop, _) = self.prepare()?;
-        let unknown = FinalState {
-            status: WorkerStatus::Unknown,
-            ..FinalState::default()
-        };
-        let row = beat_loop.build_row(Some(&unknown));
-        beat_loop.transport.send(&row).await?;
-        Ok(())
-    }
-
-    fn prepare(mut self) -> Result<(BeatLoop, String), ConfigError> {
-        let valid = self.validate()?;
-        let inner = Arc::new(Inner::new(
-            Counters::new(valid.breaker_threshold, std::mem::take(&mut self.metadata)),
-            valid.shutdown_budget,
-        ));
-        let identity = Identity {
-            worker_name: valid.name.clone(),
-            hostname: sysinfo::System::host_name(),
-            started_at: crate::reporter::now_micros(),
-            started: std::time::Instant::now(),
-            instance_id: uuid::Uuid::new_v4().to_string(),
-            version: self.version.take(),
-            reporter: self.reporter.clone(),
-            interval: valid.interval,
-        };
-        let probe = self
-            .probe
-            .take()
-            .unwrap_or_else(|| Box::new(OwnProcess::new()));
-        Ok((
-            BeatLoop::new(inner, identity, valid.transport, probe),
-            valid.name,
-        ))
-    }
-}
-
-/// Why [`HeartbeatBuilder::check`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    /// A setting is missing or malformed.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The server refused the row or could not be reached.
-    #[error(transparent)]
-    Send(#[from] crate::error::SendError),
 }
 
 /// 1 to 128 characters of `[A-Za-z0-9._:-]` (the SQL CHECK says the same).
-pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), ConfigError> {
     let reason = if name.is_empty() {
         Some("it is empty".to_owned())
     } else if name.chars().count() > 128 {
@@ -481,7 +393,7 @@ mod tests {
         assert_eq!(b.name, "from-env");
         assert_eq!(b.settings.url.as_deref(), Some("https://code.example.com"));
         assert_eq!(
-            b.settings.key.as_ref().map(|(_, s)| s.as_str()),
+            b.settings.key.as_ref().map(|k| k.source.as_str()),
             Some("SUPABASE_SERVICE_ROLE_KEY")
         );
         assert_eq!(b.interval, Some(Duration::from_secs(5)));
@@ -494,7 +406,7 @@ mod tests {
             ("SUPABASE_SERVICE_ROLE_KEY", "sb_secret_second"),
         ]));
         assert_eq!(
-            b.settings.key.as_ref().map(|(_, s)| s.as_str()),
+            b.settings.key.as_ref().map(|k| k.source.as_str()),
             Some("SUPABASE_SECRET_KEY")
         );
     }

@@ -2,15 +2,20 @@
 //! is a handful of lines, not thousands.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+// tokio's clock, so tests on a paused clock see the period pass.
+use tokio::time::Instant;
+
+/// At most one line per key per period, counting what it held back.
 #[derive(Debug)]
-pub(crate) struct LogLimiter {
+pub struct LogLimiter {
     every: Duration,
     seen: HashMap<String, (Instant, u64)>,
 }
 
 impl LogLimiter {
+    /// A limiter allowing one line per key per `every`.
     pub fn new(every: Duration) -> Self {
         LogLimiter {
             every,
@@ -35,11 +40,6 @@ impl LogLimiter {
                 Some(0)
             }
         }
-    }
-
-    /// Forgets everything: after a success, the next failure is news again.
-    pub fn clear(&mut self) {
-        self.seen.clear();
     }
 }
 

@@ -64,7 +64,12 @@ pub struct ProcessTree {
     system: System,
     root: Pid,
     last: ProcessSample,
+    born: std::time::Instant,
 }
+
+/// A process this young is still loading: its memory would mislead (a Node
+/// worker shows 16 KiB before it has mapped anything).
+const SETTLING: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl ProcessTree {
     /// Samples `root` and everything it spawned.
@@ -77,6 +82,7 @@ impl ProcessTree {
             system: System::new(),
             root: Pid::from_u32(root),
             last,
+            born: std::time::Instant::now(),
         }
     }
 }
@@ -85,26 +91,28 @@ impl ProcessTree {
     /// The root and its descendants, from `/proc/<pid>/task/<tid>/children`
     /// (Linux 3.5+); `None` where the kernel does not provide those files.
     fn descendants(&self) -> Option<Vec<Pid>> {
+        let root = self.root.as_u32();
+        // A thread that exits mid-walk loses its file too: only the root's
+        // main thread tells whether the kernel has these files at all.
+        if std::fs::metadata(format!("/proc/{root}/task/{root}/children")).is_err()
+            && std::path::Path::new(&format!("/proc/{root}")).exists()
+        {
+            return None;
+        }
         let mut tree = vec![self.root];
         let mut i = 0;
         while i < tree.len() && tree.len() < 10_000 {
             let tasks = std::fs::read_dir(format!("/proc/{}/task", tree[i].as_u32()));
-            if let Ok(tasks) = tasks {
-                for task in tasks.flatten() {
-                    let children = match std::fs::read_to_string(task.path().join("children")) {
-                        Ok(c) => c,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && i == 0 => {
-                            return None
-                        }
-                        Err(_) => continue,
-                    };
-                    tree.extend(
-                        children
-                            .split_whitespace()
-                            .filter_map(|p| p.parse().ok())
-                            .map(Pid::from_u32),
-                    );
-                }
+            for task in tasks.into_iter().flatten().flatten() {
+                let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
+                    continue;
+                };
+                tree.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .map(Pid::from_u32),
+                );
             }
             i += 1;
         }
@@ -180,6 +188,12 @@ impl ProcessProbe for ProcessTree {
             memory_rss_bytes: Some(memory),
             cpu_percent: Some(cpu),
         };
+        if self.born.elapsed() < SETTLING {
+            return ProcessSample {
+                pid: Some(self.root.as_u32()),
+                ..ProcessSample::default()
+            };
+        }
         self.last
     }
 }
@@ -197,12 +211,27 @@ mod tests {
         let tree = ProcessTree::new(std::process::id())
             .descendants()
             .unwrap_or_default();
-        let alone = ProcessTree::new(child.id()).sample();
+        let mut probe = ProcessTree::new(child.id());
+        probe.born -= SETTLING;
+        let alone = probe.sample();
         let _ = child.kill();
         let _ = child.wait();
         assert!(tree.contains(&Pid::from_u32(child.id())), "{tree:?}");
         assert_eq!(alone.pid, Some(child.id()));
         assert!(alone.memory_rss_bytes.unwrap_or(0) > 0, "{alone:?}");
+    }
+
+    #[test]
+    fn a_child_still_loading_reports_no_memory_yet() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let first = ProcessTree::new(child.id()).sample();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(first.pid, Some(child.id()));
+        assert_eq!(first.memory_rss_bytes, None, "{first:?}");
     }
 
     #[test]

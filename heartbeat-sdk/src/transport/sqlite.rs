@@ -9,10 +9,11 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 use serde_json::{Map, Value};
 
-use crate::error::SendError;
-use crate::row::WorkerRow;
-use crate::status_row::StatusRow;
-use crate::transport::{SendFuture, Transport};
+use crate::model::clock::now_micros;
+use crate::model::error::{ReadError, SendError};
+use crate::model::row::WorkerRow;
+use crate::model::status_row::StatusRow;
+use crate::transport::{ReadFuture, SendFuture, Transport};
 
 /// The table, with the Postgres migration's CHECKs. `last_heartbeat` and
 /// `updated_at` are the store's clock at each write, as in Postgres.
@@ -55,15 +56,31 @@ const JSON_COLUMNS: [&str; 1] = ["metadata"];
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     path: PathBuf,
+    create_parent: bool,
     connection: Arc<Mutex<Option<Connection>>>,
+    /// One write at a time: a write stuck behind another process's lock
+    /// holds the permit, and the next send waits for it (bounded by the
+    /// beat loop's deadline) instead of parking a second blocking thread.
+    writing: Arc<tokio::sync::Semaphore>,
 }
 
 impl SqliteStore {
-    /// A store at `path`; nothing is opened yet.
+    /// A store at `path`; nothing is opened yet. A missing directory is an
+    /// error (a typo in `HP_STORE` should not scatter stores around).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         SqliteStore {
             path: path.into(),
+            create_parent: false,
             connection: Arc::new(Mutex::new(None)),
+            writing: Arc::new(tokio::sync::Semaphore::new(1)),
+        }
+    }
+
+    /// A store at a default path, whose directory is created when missing.
+    pub(crate) fn at_default_path(path: impl Into<PathBuf>) -> Self {
+        SqliteStore {
+            create_parent: true,
+            ..SqliteStore::new(path)
         }
     }
 
@@ -77,40 +94,75 @@ impl SqliteStore {
     /// # Errors
     /// [`SendError::Store`] saying what is wrong with the file and the fix.
     pub fn write(&self, row: &WorkerRow) -> Result<(), SendError> {
+        self.with_connection(|conn| upsert(conn, row))
+    }
+
+    /// Removes `worker`'s row (what `check` wrote to prove the write path).
+    ///
+    /// # Errors
+    /// [`SendError::Store`] saying what is wrong with the file and the fix.
+    pub fn delete(&self, worker: &str) -> Result<(), SendError> {
+        self.with_connection(|conn| {
+            conn.execute(
+                "delete from hp_worker_status where worker_name = ?1",
+                [worker],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Runs `f` on the writing connection, opened (and the table made) on first use.
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, SendError> {
         let mut slot = self
             .connection
             .lock()
             .map_err(|_| SendError::Store("local store lock poisoned".into()))?;
-        if slot.is_none() {
-            *slot = Some(open_for_writing(&self.path)?);
-        }
-        let Some(conn) = slot.as_mut() else {
-            return Ok(());
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(open_for_writing(&self.path, self.create_parent)?),
         };
-        let result = upsert(conn, row);
+        let result = f(conn);
         if result.is_err() {
             // Reopen next time: the file may have been replaced or fixed.
             *slot = None;
         }
-        result.map_err(|e| explain(&self.path, &e))
+        result.map_err(|e| SendError::Store(explain(&self.path, &e)))
     }
 
     /// Every row, by worker name.
     ///
     /// # Errors
-    /// [`SendError::Store`] when the file is missing or not a store.
-    pub fn read_all(&self) -> Result<Vec<StatusRow>, SendError> {
+    /// [`ReadError::Store`] when the file is missing or not a store.
+    pub fn read_all(&self) -> Result<Vec<StatusRow>, ReadError> {
         if !self.path.exists() {
-            return Err(SendError::Store(format!(
+            return Err(ReadError::Store(format!(
                 "no local store at {}: no worker has reported here yet (set HP_STORE to the path the workers use)",
                 self.path.display()
             )));
         }
+        self.read(None)
+    }
+
+    /// `worker`'s row, if the store exists and has one.
+    ///
+    /// # Errors
+    /// [`ReadError::Store`] when the file is not a store.
+    pub fn read_one(&self, worker: &str) -> Result<Option<StatusRow>, ReadError> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        Ok(self.read(Some(worker))?.pop())
+    }
+
+    fn read(&self, worker: Option<&str>) -> Result<Vec<StatusRow>, ReadError> {
+        let read = |e: rusqlite::Error| ReadError::Store(explain(&self.path, &e));
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| explain(&self.path, &e))?;
-        conn.busy_timeout(Duration::from_secs(2))
-            .map_err(|e| explain(&self.path, &e))?;
-        read_rows(&conn).map_err(|e| explain(&self.path, &e))
+            .map_err(read)?;
+        conn.busy_timeout(Duration::from_secs(2)).map_err(read)?;
+        read_rows(&conn, worker).map_err(read)
     }
 }
 
@@ -118,24 +170,56 @@ impl Transport for SqliteStore {
     fn send<'a>(&'a mut self, row: &'a WorkerRow) -> SendFuture<'a> {
         let store = self.clone();
         let row = row.clone();
+        let writing = Arc::clone(&self.writing);
         // Off the loop's thread: a busy file can then not hold the shutdown
-        // past its budget (the loop's timeout still fires).
+        // past its budget (the loop's timeout still fires). One at a time:
+        // the permit lives as long as the blocking write, even one the loop
+        // gave up on.
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || store.write(&row))
+            let permit = writing
+                .acquire_owned()
                 .await
-                .unwrap_or_else(|e| Err(SendError::Store(format!("local store task failed: {e}"))))
+                .map_err(|e| SendError::Store(format!("local store closed: {e}")))?;
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                store.write(&row)
+            })
+            .await
+            .unwrap_or_else(|e| Err(SendError::Store(format!("local store task failed: {e}"))))
         })
     }
 
     fn describe(&self) -> String {
-        format!("the local store {}", self.path.display())
+        describe(&self.path)
+    }
+
+    fn read_row<'a>(&'a mut self, worker_name: &'a str) -> ReadFuture<'a> {
+        let store = self.clone();
+        let worker = worker_name.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.read_one(&worker))
+                .await
+                .unwrap_or_else(|e| Err(ReadError::Store(format!("local store task failed: {e}"))))
+        })
+    }
+
+    fn timed_out(&self, after: Duration) -> SendError {
+        SendError::Store(format!(
+            "the local store {} stayed locked by another process for {after:?}: the row was not written this beat",
+            self.path.display()
+        ))
     }
 }
 
-fn open_for_writing(path: &Path) -> Result<Connection, SendError> {
+/// "the local store /path/heartbeat.db": where rows go, in messages.
+pub(crate) fn describe(path: &Path) -> String {
+    format!("the local store {}", path.display())
+}
+
+fn open_for_writing(path: &Path, create_parent: bool) -> Result<Connection, SendError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
-            if path == crate::settings::StoreSettings::default_local_path() {
+            if create_parent {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     SendError::Store(format!(
                         "cannot create {}: {e} (set HP_STORE to a writable path)",
@@ -159,7 +243,7 @@ fn open_for_writing(path: &Path) -> Result<Connection, SendError> {
             Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10 + u64::from(fastrand::u8(..40))));
             }
-            result => return result.map_err(|e| explain(path, &e)),
+            result => return result.map_err(|e| SendError::Store(explain(path, &e))),
         }
     }
 }
@@ -192,7 +276,7 @@ fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
     let Ok(Value::Object(fields)) = serde_json::to_value(row) else {
         return Err(rusqlite::Error::InvalidQuery);
     };
-    let now = crate::reporter::now_micros().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let now = now_micros().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut columns: Vec<&str> = fields.keys().map(String::as_str).collect();
     let mut values: Vec<SqlValue> = fields.values().map(to_sql).collect();
     columns.extend(["last_heartbeat", "updated_at"]);
@@ -227,14 +311,19 @@ fn to_sql(v: &Value) -> SqlValue {
     }
 }
 
-fn read_rows(conn: &Connection) -> rusqlite::Result<Vec<StatusRow>> {
-    let mut stmt = conn.prepare("select * from hp_worker_status order by worker_name")?;
+fn read_rows(conn: &Connection, worker: Option<&str>) -> rusqlite::Result<Vec<StatusRow>> {
+    let sql = match worker {
+        Some(_) => "select * from hp_worker_status where worker_name = ?1",
+        None => "select * from hp_worker_status order by worker_name",
+    };
+    let mut stmt = conn.prepare(sql)?;
     let names: Vec<String> = stmt
         .column_names()
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-    let rows = stmt.query_map([], |r| {
+    let params: Vec<&str> = worker.into_iter().collect();
+    let rows = stmt.query_map(params_from_iter(params), |r| {
         let mut obj = Map::new();
         for (i, name) in names.iter().enumerate() {
             let v: SqlValue = r.get(i)?;
@@ -266,10 +355,10 @@ fn from_sql(column: &str, v: SqlValue) -> Value {
 }
 
 /// Says what is wrong with the file in words, with the fix.
-fn explain(path: &Path, e: &rusqlite::Error) -> SendError {
+fn explain(path: &Path, e: &rusqlite::Error) -> String {
     use rusqlite::ffi::ErrorCode;
     let p = path.display();
-    let why = match e.sqlite_error_code() {
+    match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
             format!("the local store {p} is not a valid SQLite database ({e}): move it away, or set HP_STORE to another path")
         }
@@ -283,8 +372,7 @@ fn explain(path: &Path, e: &rusqlite::Error) -> SendError {
         }
         Some(ErrorCode::ConstraintViolation) => format!("the local store {p} refused the row: {e}"),
         _ => format!("local store {p}: {e}"),
-    };
-    SendError::Store(why)
+    }
 }
 
 fn read_only(path: &Path, e: &rusqlite::Error) -> String {

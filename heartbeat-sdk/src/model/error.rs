@@ -1,4 +1,5 @@
-//! Errors: configuration mistakes the user can fix, and send failures the loop classifies.
+//! Errors: configuration mistakes the user can fix, send failures the loop
+//! classifies, and read failures a reader reports.
 
 use std::time::Duration;
 
@@ -24,13 +25,13 @@ pub enum ConfigError {
         reason: String,
     },
     /// Plain `http://` to a host other than loopback would send the key in clear.
-    #[error("SUPABASE_URL {value:?} uses plain http to a non-local host, which would send the API key in clear: use https://, or set HP_ALLOW_INSECURE_HTTP=1 (.allow_insecure_http(true)) if the network is trusted")]
+    #[error("SUPABASE_URL {value:?} uses plain http to a non-local host, which would send the API key in clear: use https://, or set HP_ALLOW_INSECURE_HTTP=1 if the network is trusted")]
     InsecureUrl {
         /// The value given.
         value: String,
     },
     /// No API key was given.
-    #[error("no Supabase API key: set SUPABASE_SECRET_KEY (or SUPABASE_SERVICE_ROLE_KEY / SUPABASE_SERVICE_KEY) to the project's secret or service_role key, or pass .key(...)")]
+    #[error("no Supabase API key: set SUPABASE_SECRET_KEY (or SUPABASE_SERVICE_ROLE_KEY / SUPABASE_SERVICE_KEY) to the project's secret or service_role key")]
     MissingKey,
     /// The key cannot be sent as an HTTP header.
     #[error("the API key from {source_name} contains spaces, line breaks or non-ASCII characters: copy the key again without surrounding whitespace")]
@@ -41,6 +42,12 @@ pub enum ConfigError {
     /// A publishable (anon) key cannot write the table.
     #[error("the API key from {source_name} is a publishable (anon) key, which the migration does not allow to write hp_worker_status: use the secret key (sb_secret_...) or the service_role key")]
     PublishableKey {
+        /// Where the key came from.
+        source_name: String,
+    },
+    /// A legacy JWT key whose role is `anon`: the publishable key under its old name.
+    #[error("the API key from {source_name} is the legacy anon key (its role claim is anon), which the migration does not allow to write hp_worker_status: use the secret key (sb_secret_...) or the service_role key")]
+    AnonKey {
         /// Where the key came from.
         source_name: String,
     },
@@ -74,6 +81,9 @@ pub enum ConfigError {
     /// The background thread could not be started.
     #[error("could not start the heartbeat thread: {0}")]
     Thread(String),
+    /// The HTTP client could not be built (the TLS backend failed to start).
+    #[error("could not set up the HTTP client: {0}")]
+    HttpClient(String),
 }
 
 /// Why one beat was not stored. Never returned to the worker's code path: the
@@ -122,7 +132,7 @@ pub enum SendError {
         message: String,
     },
     /// 503 PGRST002: PostgREST is reloading its schema cache; retried.
-    #[error("HTTP {status} {code}: {message} (PostgREST is reloading its schema cache: retrying)")]
+    #[error("HTTP {status} {code}: {message} (PostgREST is reloading its schema cache: a reporter retries this)")]
     SchemaReloading {
         /// HTTP status.
         status: u16,
@@ -130,6 +140,8 @@ pub enum SendError {
         code: String,
         /// The server's message.
         message: String,
+        /// How long the server asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// Any other 4xx: the row was refused (e.g. a CHECK constraint).
     #[error("HTTP {status} {code}: {message} (the row was refused; {hint})")]
@@ -144,7 +156,7 @@ pub enum SendError {
         hint: String,
     },
     /// 5xx or 429: a server-side failure; retried.
-    #[error("HTTP {status} {code}: {message} (server error: retrying)")]
+    #[error("HTTP {status} {code}: {message} (the server failed or is rate limiting: a reporter retries this{})", retry_after.map(|d| format!(" after the {} s it asked for", d.as_secs())).unwrap_or_default())]
     Server {
         /// HTTP status.
         status: u16,
@@ -152,9 +164,11 @@ pub enum SendError {
         code: String,
         /// The server's message.
         message: String,
+        /// How long the server asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
     },
-    /// No answer within the request timeout; retried.
-    #[error("no answer within {0:?}: retrying (check the network path to SUPABASE_URL)")]
+    /// No answer in time (the request timeout, or the next beat came first).
+    #[error("no answer within {0:?} (check the network path to SUPABASE_URL)")]
     Timeout(Duration),
     /// Could not connect or the connection broke; retried.
     #[error("could not reach the server: {0} (check SUPABASE_URL and the network)")]
@@ -176,6 +190,15 @@ impl SendError {
         )
     }
 
+    /// How long the server asked to be left alone (429/503 `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SendError::Server { retry_after, .. }
+            | SendError::SchemaReloading { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// A short stable key, so the same failure is logged once per period.
     pub(crate) fn log_key(&self) -> String {
         match self {
@@ -191,4 +214,65 @@ impl SendError {
             SendError::Store(m) => format!("store:{m}"),
         }
     }
+}
+
+/// Why the rows could not be read (`heartbeat-sidecar status`, [`crate::read::Reader`]).
+/// Reads are not retried: the message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// 401: the key is wrong, expired, or not accepted as given.
+    #[error("HTTP {status} {code}: {message} (the API key is wrong or expired: copy the secret or service_role key from Project Settings > API)")]
+    Unauthorized {
+        /// HTTP status.
+        status: u16,
+        /// PostgREST or gateway code (may be empty).
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// 42501: row level security or a missing GRANT.
+    #[error("HTTP {status} {code}: {message} (this key may not read hp_worker_status: use the secret/service_role key, or a signed-in user, and apply the migration in sql/)")]
+    PermissionDenied {
+        /// HTTP status.
+        status: u16,
+        /// Usually 42501.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// 404 PGRST205 / 42P01: the table is not there.
+    #[error("HTTP {status} {code}: {message} (table hp_worker_status is missing: apply the migration in sql/ to this project and schema)")]
+    TableMissing {
+        /// HTTP status.
+        status: u16,
+        /// PGRST205 or 42P01.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// Any other answer that is not a success.
+    #[error("HTTP {status} {code}: {message} ({hint})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// PostgREST or Postgres code.
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The server's hint, or ours.
+        hint: String,
+    },
+    /// The answer was not the rows we asked for.
+    #[error("the answer did not parse as rows of hp_worker_status: {0}")]
+    Unparsable(String),
+    /// No answer within the request timeout.
+    #[error("no answer within {0:?} (check the network path to SUPABASE_URL)")]
+    Timeout(Duration),
+    /// Could not connect or the connection broke.
+    #[error("could not reach the server: {0} (check SUPABASE_URL and the network)")]
+    Connect(String),
+    /// The local store is missing or cannot be read; the message says why and the fix.
+    #[error("{0}")]
+    Store(String),
 }

@@ -6,7 +6,9 @@ use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-use crate::row::{truncate_message, MAX_LAST_ERROR_BYTES};
+use crate::model::text::{
+    jsonb_text_len_map, truncate_message, DROPPED_KEYS, MAX_LAST_ERROR_BYTES, USER_METADATA_BUDGET,
+};
 
 /// Counters and the breaker, shared between the worker and the beat thread.
 ///
@@ -20,7 +22,53 @@ pub(crate) struct Counters {
     consecutive_errors: AtomicU64,
     threshold: u64,
     last_error: Mutex<Option<String>>,
-    metadata: Mutex<Map<String, Value>>,
+    metadata: Mutex<Metadata>,
+}
+
+/// The user's metadata, kept within its budget as it enters: a key whose
+/// value would not fit is dropped (warned once, and named in the row), so
+/// metadata never costs the beat.
+#[derive(Debug, Default)]
+struct Metadata {
+    map: Map<String, Value>,
+    dropped: Vec<String>,
+}
+
+/// At most this many dropped keys are named in the row.
+const MAX_DROPPED_NAMED: usize = 10;
+
+impl Metadata {
+    fn set(&mut self, key: String, value: Value) {
+        self.map.insert(key.clone(), value);
+        let size = jsonb_text_len_map(&self.map);
+        if size <= USER_METADATA_BUDGET {
+            self.dropped.retain(|k| k != &key);
+            return;
+        }
+        // It does not fit: the key goes (an older value of it would be stale).
+        self.map.remove(&key);
+        let named = truncate_message(&key, 64);
+        if !self.dropped.contains(&named) {
+            tracing::warn!(
+                "heartbeat: metadata key {key:?} dropped: with it the row's metadata would take {size} bytes, over its budget of {USER_METADATA_BUDGET} (the table allows 8 KiB); set a smaller value"
+            );
+            if self.dropped.len() < MAX_DROPPED_NAMED {
+                self.dropped.push(named);
+            }
+        }
+    }
+
+    /// The map as the row sends it: with the names of what was dropped.
+    fn for_row(&self) -> Map<String, Value> {
+        let mut map = self.map.clone();
+        if !self.dropped.is_empty() {
+            map.insert(
+                DROPPED_KEYS.into(),
+                Value::Array(self.dropped.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        map
+    }
 }
 
 /// A consistent-enough copy of the counters for one row.
@@ -42,7 +90,13 @@ impl Counters {
             consecutive_errors: AtomicU64::new(0),
             threshold: u64::from(threshold.max(1)),
             last_error: Mutex::new(None),
-            metadata: Mutex::new(metadata),
+            metadata: Mutex::new({
+                let mut kept = Metadata::default();
+                for (key, value) in metadata {
+                    kept.set(key, value);
+                }
+                kept
+            }),
         }
     }
 
@@ -71,8 +125,8 @@ impl Counters {
     }
 
     pub fn set_metadata(&self, key: String, value: Value) {
-        if let Ok(mut map) = self.metadata.lock() {
-            map.insert(key, value);
+        if let Ok(mut metadata) = self.metadata.lock() {
+            metadata.set(key, value);
         }
     }
 
@@ -96,7 +150,11 @@ impl Counters {
             consecutive_errors,
             breaker_open: consecutive_errors >= self.threshold,
             last_error: self.last_error.lock().map(|g| g.clone()).unwrap_or(None),
-            metadata: self.metadata.lock().map(|g| g.clone()).unwrap_or_default(),
+            metadata: self
+                .metadata
+                .lock()
+                .map(|m| m.for_row())
+                .unwrap_or_default(),
         }
     }
 }
@@ -142,6 +200,34 @@ mod tests {
         c.reset_circuit();
         assert!(!c.circuit_open());
         assert_eq!(c.snapshot().errors, 1, "reset keeps the total");
+    }
+
+    #[test]
+    fn metadata_that_would_not_fit_is_dropped_and_named() {
+        let c = Counters::new(10, Map::new());
+        c.set_metadata("region".into(), Value::from("eu-west"));
+        c.set_metadata("blob".into(), Value::from("x".repeat(500_000)));
+        let meta = c.snapshot().metadata;
+        assert_eq!(meta["region"], "eu-west", "what fits stays");
+        assert!(meta.get("blob").is_none());
+        assert_eq!(meta[DROPPED_KEYS], serde_json::json!(["blob"]));
+        assert!(jsonb_text_len_map(&meta) <= USER_METADATA_BUDGET + 64);
+        c.set_metadata("blob".into(), Value::from("small now"));
+        let meta = c.snapshot().metadata;
+        assert_eq!(meta["blob"], "small now");
+        assert!(meta.get(DROPPED_KEYS).is_none(), "no longer dropped");
+    }
+
+    #[test]
+    fn many_small_keys_stop_at_the_budget() {
+        let c = Counters::new(10, Map::new());
+        for i in 0..2000 {
+            c.set_metadata(format!("key-{i}"), Value::from(i));
+        }
+        let meta = c.snapshot().metadata;
+        assert!(jsonb_text_len_map(&meta) <= USER_METADATA_BUDGET + 400);
+        let dropped = meta[DROPPED_KEYS].as_array().map(Vec::len).unwrap_or(0);
+        assert_eq!(dropped, MAX_DROPPED_NAMED, "the names are bounded too");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The row one beat writes to `hp_worker_status`.
+//! The row one beat writes to `hp_worker_status`, and how a reporter ends.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,16 @@ impl WorkerStatus {
             WorkerStatus::Running => "running",
             WorkerStatus::Stopped => "stopped",
             WorkerStatus::Crashed => "crashed",
+        }
+    }
+
+    /// Reads a column value; anything else (or null) is `Unknown`.
+    pub fn parse(value: Option<&str>) -> WorkerStatus {
+        match value {
+            Some("running") => WorkerStatus::Running,
+            Some("stopped") => WorkerStatus::Stopped,
+            Some("crashed") => WorkerStatus::Crashed,
+            _ => WorkerStatus::Unknown,
         }
     }
 }
@@ -84,20 +94,54 @@ pub struct WorkerRow {
     pub heartbeat_interval_seconds: u32,
 }
 
-/// Longest `last_error` kept, in bytes; the SQL CHECK allows the same.
-pub const MAX_LAST_ERROR_BYTES: usize = 2048;
+/// How a reporter ends: what the final row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FinalState {
+    /// `Stopped` for a clean end, `Crashed` otherwise.
+    pub status: WorkerStatus,
+    /// The worker's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that ended the worker, when one did.
+    pub exit_signal: Option<i32>,
+    /// Why it ended badly (kept in `last_error`).
+    pub last_error: Option<String>,
+}
 
-/// Cuts `message` to at most `max` bytes on a char boundary, marking the cut.
-pub fn truncate_message(message: &str, max: usize) -> String {
-    if message.len() <= max {
-        return message.to_owned();
+impl Default for FinalState {
+    fn default() -> Self {
+        FinalState::new(WorkerStatus::Stopped)
     }
-    const MARK: &str = "…";
-    let mut end = max.saturating_sub(MARK.len());
-    while !message.is_char_boundary(end) {
-        end -= 1;
+}
+
+impl FinalState {
+    /// A final row with this status and nothing else.
+    pub fn new(status: WorkerStatus) -> Self {
+        FinalState {
+            status,
+            exit_code: None,
+            exit_signal: None,
+            last_error: None,
+        }
     }
-    format!("{}{MARK}", &message[..end])
+
+    /// With the worker's exit code.
+    pub fn exit_code(mut self, code: i32) -> Self {
+        self.exit_code = Some(code);
+        self
+    }
+
+    /// With the signal that ended the worker.
+    pub fn exit_signal(mut self, signal: i32) -> Self {
+        self.exit_signal = Some(signal);
+        self
+    }
+
+    /// With why it ended.
+    pub fn last_error(mut self, message: impl Into<String>) -> Self {
+        self.last_error = Some(message.into());
+        self
+    }
 }
 
 #[cfg(test)]
@@ -105,17 +149,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_serializes_lowercase() {
+    fn status_serializes_lowercase_and_parses_back() {
         let s = serde_json::to_string(&WorkerStatus::Crashed).unwrap_or_default();
         assert_eq!(s, "\"crashed\"");
-    }
-
-    #[test]
-    fn truncation_respects_char_boundaries_and_bound() {
-        let long = "é".repeat(3000);
-        let cut = truncate_message(&long, MAX_LAST_ERROR_BYTES);
-        assert!(cut.len() <= MAX_LAST_ERROR_BYTES, "{}", cut.len());
-        assert!(cut.ends_with('…'));
-        assert_eq!(truncate_message("short", 10), "short");
+        for st in [
+            WorkerStatus::Unknown,
+            WorkerStatus::Running,
+            WorkerStatus::Stopped,
+            WorkerStatus::Crashed,
+        ] {
+            assert_eq!(WorkerStatus::parse(Some(st.as_str())), st);
+        }
+        assert_eq!(WorkerStatus::parse(Some("paused")), WorkerStatus::Unknown);
+        assert_eq!(WorkerStatus::parse(None), WorkerStatus::Unknown);
     }
 }

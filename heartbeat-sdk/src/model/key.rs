@@ -2,6 +2,15 @@
 
 use std::fmt;
 
+/// The claims of a legacy JWT key that matter here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub(crate) struct JwtClaims {
+    /// The database role the key acts as.
+    pub role: Option<String>,
+    /// The worker an `hp_reporter` key may write.
+    pub worker_name: Option<String>,
+}
+
 /// A Supabase API key: a legacy JWT (`eyJ...`) or a new `sb_secret_...` key.
 ///
 /// `Debug` and `Display` never show the key itself.
@@ -32,6 +41,21 @@ impl ApiKey {
     /// A key that can go in an HTTP header: visible ASCII, no spaces.
     pub(crate) fn is_header_safe(&self) -> bool {
         !self.0.is_empty() && self.0.bytes().all(|b| b.is_ascii_graphic())
+    }
+
+    /// A legacy JWT key's claims, read without checking the signature (that
+    /// is the server's job): enough to refuse an `anon` key at start, and to
+    /// know a worker-scoped `hp_reporter` key's worker.
+    pub(crate) fn jwt_claims(&self) -> Option<JwtClaims> {
+        use base64::Engine as _;
+        if !self.is_jwt() {
+            return None;
+        }
+        let payload = self.0.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     fn kind(&self) -> &'static str {
@@ -69,6 +93,27 @@ mod tests {
     fn jwt_detection() {
         assert!(ApiKey::new("eyJhbGciOiJIUzI1NiJ9.e30.x").is_jwt());
         assert!(!ApiKey::new("sb_secret_abc").is_jwt());
+    }
+
+    #[test]
+    fn jwt_claims_are_read_without_the_signature() {
+        use base64::Engine as _;
+        let jwt = |claims: &str| {
+            let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            ApiKey::new(format!(
+                "{}.{}.FAKE-signature",
+                enc.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+                enc.encode(claims)
+            ))
+        };
+        let anon = jwt(r#"{"role":"anon","iss":"supabase"}"#).jwt_claims();
+        assert_eq!(anon.and_then(|c| c.role).as_deref(), Some("anon"));
+        let scoped = jwt(r#"{"role":"hp_reporter","worker_name":"orders-1"}"#)
+            .jwt_claims()
+            .unwrap_or_default();
+        assert_eq!(scoped.worker_name.as_deref(), Some("orders-1"));
+        assert_eq!(ApiKey::new("sb_secret_x").jwt_claims(), None);
+        assert_eq!(ApiKey::new("eyJnot-a-jwt").jwt_claims(), None);
     }
 
     #[test]

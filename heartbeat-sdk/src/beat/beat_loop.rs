@@ -1,0 +1,752 @@
+//! The beat loop: a named thread with its own current-thread runtime, so it
+//! works from plain `fn main` and cannot be stalled by a busy user runtime.
+//!
+//! Every clock read here is tokio's and every random number comes from the
+//! loop's own `Rng`, so tests run the loop on a paused clock with a seed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
+
+use crate::beat::backoff::Backoff;
+use crate::beat::log_limit::LogLimiter;
+use crate::beat::probe::{ProcessProbe, ProcessSample};
+use crate::beat::shared::Shared;
+use crate::model::clock::now_micros;
+use crate::model::error::SendError;
+use crate::model::health::Health;
+use crate::model::row::{FinalState, WorkerRow, WorkerStatus};
+use crate::model::text::fit_row;
+use crate::transport::Transport;
+
+/// What stays the same for the life of one reporter.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub worker_name: String,
+    pub hostname: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub started: std::time::Instant,
+    pub instance_id: String,
+    pub version: Option<String>,
+    pub reporter: String,
+    pub interval: Duration,
+    /// A second beat this soon after the first (the sidecar's child has
+    /// loaded by then; its first sample came too early to mean much).
+    pub settle_beat: Option<Duration>,
+}
+
+pub(crate) struct BeatLoop {
+    pub shared: Arc<Shared>,
+    pub identity: Identity,
+    pub transport: Box<dyn Transport>,
+    probe: Box<dyn ProcessProbe>,
+    rng: fastrand::Rng,
+    /// One line per kind of failure per 5 minutes; a success does not reset
+    /// it, so a flapping server is not a flood.
+    logs: LogLimiter,
+    /// Beats that failed since the last success (for the recovery log line).
+    failed_beats: u64,
+    /// The breaker's state in the previous row, to log when it opens.
+    breaker_was_open: bool,
+    /// No send before this: the server's `Retry-After`, capped at one interval.
+    quiet_until: Option<Instant>,
+}
+
+/// How long the look at the row before the first beat may take.
+const PEEK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a process of this host with this pid is alive (a zombie, dead
+/// and not yet reaped, is not).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which ends with the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+/// How often the same failure may be logged.
+const LOG_EVERY: Duration = Duration::from_secs(300);
+/// Sends per beat at most (the first try and its retries): an outage costs
+/// the server a few requests per worker per interval, never a storm.
+pub(crate) const MAX_TRIES_PER_BEAT: u32 = 4;
+
+impl BeatLoop {
+    pub fn new(
+        shared: Arc<Shared>,
+        identity: Identity,
+        transport: Box<dyn Transport>,
+        probe: Box<dyn ProcessProbe>,
+        rng: fastrand::Rng,
+    ) -> Self {
+        BeatLoop {
+            shared,
+            identity,
+            transport,
+            probe,
+            rng,
+            logs: LogLimiter::new(LOG_EVERY),
+            failed_beats: 0,
+            breaker_was_open: false,
+            quiet_until: None,
+        }
+    }
+
+    /// Runs on the current thread until a stop is requested, then sends the final row.
+    pub fn run_blocking(self) {
+        let shared = Arc::clone(&self.shared);
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(self.run()),
+            Err(e) => {
+                tracing::error!("heartbeat: cannot start its runtime, not reporting: {e}");
+                shared.mark_done(false);
+            }
+        }
+    }
+
+    pub async fn run(mut self) {
+        tracing::info!(
+            worker = %self.identity.worker_name,
+            "heartbeat: reporting to {} every {} s",
+            self.transport.describe(),
+            self.identity.interval.as_secs()
+        );
+        let mut stop = self.shared.subscribe_stop();
+        let start = Instant::now();
+        self.warn_if_the_name_is_taken().await;
+        let mut next_beat = start;
+        loop {
+            let mut following = next_beat + jittered(self.identity.interval, self.rng.f64());
+            if let Some(settle) = self.identity.settle_beat.filter(|_| next_beat == start) {
+                following = following.min(start + settle);
+            }
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(Option::is_some) => break,
+                _ = self.beat(following) => {}
+            }
+            next_beat = following;
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(Option::is_some) => break,
+                _ = sleep_until(next_beat) => {}
+            }
+        }
+        let final_state = stop.borrow().clone().unwrap_or_default();
+        let delivered = self.send_final(&final_state).await;
+        self.shared.mark_done(delivered);
+    }
+
+    /// One beat: send, retrying what can be retried, and give up before the
+    /// next beat is due (which sends a fresher row anyway). A server that
+    /// asked for quiet (`Retry-After`) gets it, up to one interval.
+    async fn beat(&mut self, next_beat: Instant) {
+        self.note_breaker();
+        if let Some(until) = self.quiet_until.take() {
+            sleep_until(until).await;
+        }
+        let base =
+            (self.identity.interval / 20).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut backoff = Backoff::new(base, self.identity.interval / 4);
+        for attempt in 1..=MAX_TRIES_PER_BEAT {
+            // Rebuilt on every try: a newer snapshot replaces an older unsent one.
+            let row = self.build_row(None);
+            let started = Instant::now();
+            let sent = match timeout_at(next_beat, self.transport.send(&row)).await {
+                Ok(result) => result,
+                Err(_) => Err(self.transport.timed_out(next_beat - started)),
+            };
+            match sent {
+                Ok(()) => {
+                    if self.failed_beats > 0
+                        && self.logs.allow("delivered again", Instant::now()).is_some()
+                    {
+                        tracing::info!(
+                            worker = %self.identity.worker_name,
+                            "heartbeat: delivered again after {} failed beat(s)",
+                            self.failed_beats
+                        );
+                    }
+                    self.failed_beats = 0;
+                    return;
+                }
+                Err(e) => {
+                    self.log_failure(&e);
+                    let mut delay = backoff.next_delay(self.rng.f64());
+                    if let Some(asked) = e.retry_after() {
+                        let quiet = Instant::now() + asked.min(self.identity.interval);
+                        if quiet >= next_beat {
+                            self.quiet_until = Some(quiet);
+                            break;
+                        }
+                        delay = delay.max(quiet - Instant::now());
+                    }
+                    let last = attempt == MAX_TRIES_PER_BEAT;
+                    if last || !e.is_retryable() || Instant::now() + delay >= next_beat {
+                        break;
+                    }
+                    sleep(delay).await;
+                }
+            }
+        }
+        self.failed_beats += 1;
+    }
+
+    /// Two live reporters under one name overwrite each other's row: say so
+    /// once at start. A row of the same host whose process is gone is this
+    /// worker's previous life (killed before its final row), not a duplicate.
+    async fn warn_if_the_name_is_taken(&mut self) {
+        let name = self.identity.worker_name.clone();
+        let row = match timeout(PEEK_TIMEOUT, self.transport.read_row(&name)).await {
+            Ok(Ok(Some(row))) => row,
+            _ => return,
+        };
+        let fresh = row.health(Utc::now()) == Health::Running
+            || (row.worker_status() == WorkerStatus::Running
+                && row.health(Utc::now()) == Health::Crashed);
+        if !fresh || row.instance_id.as_deref() == Some(self.identity.instance_id.as_str()) {
+            return;
+        }
+        let same_host = row.hostname.is_some() && row.hostname == self.identity.hostname;
+        let pid = row.pid.and_then(|p| i32::try_from(p).ok());
+        if same_host && pid.is_some_and(|p| !process_alive(p)) {
+            return;
+        }
+        let seen = row
+            .last_heartbeat
+            .map(|t| format!("{} s ago", (Utc::now() - t).num_seconds().max(0)))
+            .unwrap_or_else(|| "recently".into());
+        tracing::warn!(
+            worker = %name,
+            "heartbeat: another instance already reports as {name:?} (host {}, pid {}, last beat {seen}): two reporters with one name overwrite each other's row; give each its own name (under PM2 with instances, heartbeat-sidecar's --instance-suffix)",
+            row.hostname.as_deref().unwrap_or("unknown"),
+            row.pid.map(|p| p.to_string()).unwrap_or_else(|| "unknown".into()),
+        );
+    }
+
+    /// Logs the breaker opening (once per transition, at most every 5 minutes).
+    fn note_breaker(&mut self) {
+        let open = self.shared.counters.circuit_open();
+        if open && !self.breaker_was_open && self.logs.allow("breaker", Instant::now()).is_some() {
+            tracing::warn!(
+                worker = %self.identity.worker_name,
+                "heartbeat: circuit breaker open after {} errors in a row; the row says crashed until a job succeeds or reset_circuit() is called",
+                self.shared.counters.consecutive_errors()
+            );
+        }
+        self.breaker_was_open = open;
+    }
+
+    async fn send_final(&mut self, state: &FinalState) -> bool {
+        let row = self.build_row(Some(state));
+        let budget = self.shared.shutdown_budget;
+        match timeout(budget, self.transport.send(&row)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(worker = %self.identity.worker_name, "heartbeat: final `{}` row not stored: {e}", row.status.as_str());
+                false
+            }
+            Err(_) => {
+                tracing::warn!(worker = %self.identity.worker_name, "heartbeat: final `{}` row not stored within the shutdown budget of {budget:?}", row.status.as_str());
+                false
+            }
+        }
+    }
+
+    fn log_failure(&mut self, e: &SendError) {
+        if let Some(held) = self.logs.allow(&e.log_key(), Instant::now()) {
+            let repeats = if held > 0 {
+                format!(" ({held} more like it since the last report)")
+            } else {
+                String::new()
+            };
+            tracing::warn!(worker = %self.identity.worker_name, "heartbeat: beat not stored: {e}{repeats}");
+        }
+    }
+
+    pub(crate) fn build_row(&mut self, final_state: Option<&FinalState>) -> WorkerRow {
+        let counters = self.shared.counters.snapshot();
+        let sample = self.probe.sample();
+        let id = &self.identity;
+        let uptime = id.started.elapsed();
+        let status = match final_state {
+            Some(f) => f.status,
+            None if counters.breaker_open => WorkerStatus::Crashed,
+            None => WorkerStatus::Running,
+        };
+        // A final row describes a process that is gone: no pid, memory or CPU.
+        let ended = final_state.is_some_and(|f| f.status != WorkerStatus::Unknown);
+        let sample = if ended {
+            ProcessSample::default()
+        } else {
+            sample
+        };
+        let mut metadata = counters.metadata;
+        // Kept for dashboards written against the original seed row.
+        metadata.entry("pid").or_insert_with(|| json!(sample.pid));
+        metadata
+            .entry("uptime")
+            .or_insert_with(|| json!(uptime.as_secs_f64()));
+        metadata
+            .entry("memory")
+            .or_insert_with(|| json!({ "rss": sample.memory_rss_bytes }));
+        let last_error = final_state
+            .and_then(|f| f.last_error.clone())
+            .or(counters.last_error);
+        let mut row = WorkerRow {
+            worker_name: id.worker_name.clone(),
+            status,
+            client_heartbeat: now_micros(),
+            jobs_processed: counters.jobs,
+            error_count: counters.errors,
+            circuit_breaker_open: counters.breaker_open,
+            metadata,
+            pid: sample.pid,
+            hostname: id.hostname.clone(),
+            started_at: id.started_at,
+            uptime_seconds: uptime.as_secs(),
+            memory_rss_bytes: sample.memory_rss_bytes,
+            cpu_percent: sample.cpu_percent.map(|c| (c * 10.0).round() / 10.0),
+            version: id.version.clone(),
+            reporter: id.reporter.clone(),
+            instance_id: id.instance_id.clone(),
+            consecutive_errors: counters.consecutive_errors,
+            last_error,
+            exit_code: final_state.and_then(|f| f.exit_code),
+            exit_signal: final_state.and_then(|f| f.exit_signal),
+            heartbeat_interval_seconds: u32::try_from(id.interval.as_secs()).unwrap_or(u32::MAX),
+        };
+        fit_row(&mut row);
+        row
+    }
+}
+
+/// `interval` moved by up to ±10%, so a fleet started together spreads out.
+pub(crate) fn jittered(interval: Duration, unit: f64) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * unit.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! The loop on a paused tokio clock, with a transport that answers from a
+    //! script: retries, jitter, giving up before the next beat, the breaker
+    //! log and the shutdown budget, proven exactly in virtual time.
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::beat::counters::Counters;
+    use crate::transport::SendFuture;
+
+    /// What the scripted transport does for one send.
+    #[derive(Debug, Clone)]
+    pub enum Step {
+        Ok,
+        Fail(SendError),
+        Hang,
+    }
+
+    /// Answers from a script (the last step repeats), or flaps between
+    /// success and an error every period; records each send.
+    #[derive(Clone, Default)]
+    pub struct Scripted {
+        script: Arc<Mutex<VecDeque<Step>>>,
+        flap: Option<(Instant, Duration, SendError)>,
+        pub sent: Arc<Mutex<Vec<(Instant, WorkerRow)>>>,
+    }
+
+    impl Scripted {
+        pub fn new(steps: impl IntoIterator<Item = Step>) -> Self {
+            Scripted {
+                script: Arc::new(Mutex::new(steps.into_iter().collect())),
+                flap: None,
+                sent: Arc::default(),
+            }
+        }
+        /// Succeeds for `period`, fails with `error` for `period`, and so on.
+        pub fn flapping(period: Duration, error: SendError) -> Self {
+            Scripted {
+                flap: Some((Instant::now(), period, error)),
+                ..Scripted::default()
+            }
+        }
+        pub fn times(&self, start: Instant) -> Vec<Duration> {
+            self.sent
+                .lock()
+                .map(|s| s.iter().map(|(t, _)| *t - start).collect())
+                .unwrap_or_default()
+        }
+        pub fn rows(&self) -> Vec<WorkerRow> {
+            self.sent
+                .lock()
+                .map(|s| s.iter().map(|(_, r)| r.clone()).collect())
+                .unwrap_or_default()
+        }
+    }
+
+    impl Transport for Scripted {
+        fn send<'a>(&'a mut self, row: &'a WorkerRow) -> SendFuture<'a> {
+            if let Ok(mut sent) = self.sent.lock() {
+                sent.push((Instant::now(), row.clone()));
+            }
+            let step = match &self.flap {
+                Some((start, period, error)) => {
+                    let phase = (Instant::now() - *start).as_millis() / period.as_millis();
+                    Some(if phase % 2 == 0 {
+                        Step::Ok
+                    } else {
+                        Step::Fail(error.clone())
+                    })
+                }
+                None => {
+                    let mut script = self.script.lock().expect("script");
+                    if script.len() > 1 {
+                        script.pop_front()
+                    } else {
+                        script.front().cloned()
+                    }
+                }
+            };
+            Box::pin(async move {
+                match step.unwrap_or(Step::Ok) {
+                    Step::Ok => Ok(()),
+                    Step::Fail(e) => Err(e),
+                    Step::Hang => std::future::pending().await,
+                }
+            })
+        }
+        fn describe(&self) -> String {
+            "a script".into()
+        }
+    }
+
+    struct FixedProbe;
+    impl ProcessProbe for FixedProbe {
+        fn sample(&mut self) -> ProcessSample {
+            ProcessSample {
+                pid: Some(4242),
+                memory_rss_bytes: Some(1 << 20),
+                cpu_percent: Some(0.5),
+            }
+        }
+    }
+
+    pub fn server_error() -> SendError {
+        SendError::Server {
+            status: 503,
+            code: String::new(),
+            message: "unavailable".into(),
+            retry_after: None,
+        }
+    }
+
+    fn rate_limited(after: Duration) -> SendError {
+        SendError::Server {
+            status: 429,
+            code: String::new(),
+            message: "slow down".into(),
+            retry_after: Some(after),
+        }
+    }
+
+    fn unauthorized() -> SendError {
+        SendError::Unauthorized {
+            status: 401,
+            code: "PGRST301".into(),
+            message: "JWT expired".into(),
+        }
+    }
+
+    /// A loop over `transport`, beating every `interval`, with a fixed seed.
+    pub fn beat_loop(transport: Scripted, interval: Duration, threshold: u32) -> BeatLoop {
+        let shared = Arc::new(Shared::new(
+            Counters::new(threshold, serde_json::Map::new()),
+            Duration::from_secs(1),
+        ));
+        let identity = Identity {
+            worker_name: "scripted".into(),
+            hostname: None,
+            started_at: now_micros(),
+            started: std::time::Instant::now(),
+            instance_id: "00000000-0000-0000-0000-000000000000".into(),
+            version: None,
+            reporter: "test".into(),
+            interval,
+            settle_beat: None,
+        };
+        BeatLoop::new(
+            shared,
+            identity,
+            Box::new(transport),
+            Box::new(FixedProbe),
+            fastrand::Rng::with_seed(7),
+        )
+    }
+
+    /// Log lines written while `f` runs (on this thread).
+    pub struct Logs(Arc<Mutex<Vec<u8>>>);
+    impl Logs {
+        pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+            let buffer = Arc::new(Mutex::new(Vec::new()));
+            let writer = {
+                let buffer = Arc::clone(&buffer);
+                move || LogWriter(Arc::clone(&buffer))
+            };
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(writer)
+                .with_ansi(false)
+                .without_time()
+                .finish();
+            (Logs(buffer), tracing::subscriber::set_default(subscriber))
+        }
+        pub fn lines(&self, containing: &str) -> usize {
+            let text = String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned();
+            text.lines().filter(|l| l.contains(containing)).count()
+        }
+    }
+    struct LogWriter(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for LogWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("logs").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let i = Duration::from_secs(30);
+        assert_eq!(jittered(i, 0.0), Duration::from_secs(27));
+        assert_eq!(jittered(i, 0.5), Duration::from_secs(30));
+        assert!(jittered(i, 0.999_999) <= Duration::from_secs(33));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_beat_at_once_then_every_interval_within_jitter() {
+        let transport = Scripted::new([Step::Ok]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(30 * 20 + 1)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(
+            times.first(),
+            Some(&Duration::ZERO),
+            "the first beat goes out at start"
+        );
+        assert!(times.len() >= 19, "{times:?}");
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(
+                gap >= Duration::from_secs(27) && gap <= Duration::from_secs(33),
+                "gap {gap:?} outside 30 s ± 10%"
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis())
+            .collect();
+        assert!(distinct.len() > 5, "jitter varies the gaps: {distinct:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_failure_is_retried_with_backoff_at_most_four_times_per_beat() {
+        let transport = Scripted::new([Step::Fail(server_error())]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.len(), MAX_TRIES_PER_BEAT as usize, "{times:?}");
+        // Base 1 s (interval / 20, capped): equal jitter gives [0.5, 1), [1, 2), [2, 4).
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        for (gap, (lo, hi)) in gaps.iter().zip([(500, 1000), (1000, 2000), (2000, 4000)]) {
+            assert!(
+                *gap >= Duration::from_millis(lo) && *gap < Duration::from_millis(hi),
+                "{gaps:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn then_it_recovers_and_sends_the_newest_totals() {
+        let transport = Scripted::new([
+            Step::Fail(server_error()),
+            Step::Fail(server_error()),
+            Step::Ok,
+        ]);
+        let beat = beat_loop(transport.clone(), Duration::from_secs(30), 10);
+        let shared = Arc::clone(&beat.shared);
+        let task = tokio::spawn(beat.run());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shared.counters.job_succeeded();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        task.abort();
+        let rows = transport.rows();
+        assert_eq!(rows.len(), 3, "two failures, then delivered");
+        assert_eq!(rows[0].jobs_processed, 0);
+        assert_eq!(rows[2].jobs_processed, 1, "each retry rebuilds the row");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_waiting_cannot_fix_is_not_retried_within_the_beat() {
+        let transport = Scripted::new([Step::Fail(unauthorized())]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.len(), 4, "one send per beat: {times:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_send_is_given_up_when_the_next_beat_is_due() {
+        let transport = Scripted::new([Step::Hang, Step::Ok]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.len(), 2, "{times:?}");
+        assert!(
+            times[1] >= Duration::from_secs(27) && times[1] <= Duration::from_secs(33),
+            "the next beat goes out on time: {times:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_of_failures_logs_one_line_per_five_minutes() {
+        let (logs, _guard) = Logs::capture();
+        let transport = Scripted::new([Step::Fail(server_error())]);
+        let beat = beat_loop(transport.clone(), Duration::from_secs(30), 10);
+        let run = beat.run();
+        tokio::pin!(run);
+        let _ = tokio::time::timeout(Duration::from_secs(3600), &mut run).await;
+        let sends = transport.rows().len();
+        assert!(sends >= 118 * 4, "{sends} sends");
+        let lines = logs.lines("beat not stored");
+        assert!((12..=13).contains(&lines), "{lines} lines in an hour");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured_up_to_one_interval() {
+        // Asked for 30 s with a 30 s beat: nothing in between.
+        let transport = Scripted::new([Step::Fail(rate_limited(Duration::from_secs(30)))]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.first(), Some(&Duration::ZERO));
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(
+                gap >= Duration::from_secs(30),
+                "a send within Retry-After: {times:?}"
+            );
+        }
+        assert!((3..=4).contains(&times.len()), "{times:?}");
+
+        // Asked for an hour with a 10 s beat: one send per beat, no retries.
+        let transport = Scripted::new([Step::Fail(rate_limited(Duration::from_secs(3600)))]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(10), 10).run());
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert!(
+            (9..=11).contains(&times.len()),
+            "capped at one interval: {times:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_retry_after_is_waited_for_within_the_beat() {
+        let transport = Scripted::new([Step::Fail(rate_limited(Duration::from_secs(5))), Step::Ok]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 10).run());
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(times.len(), 2, "{times:?}");
+        assert!(
+            times[1] >= Duration::from_secs(5),
+            "retried before it was asked: {times:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_server_logs_one_line_per_kind_per_five_minutes() {
+        let (logs, _guard) = Logs::capture();
+        let transport = Scripted::flapping(Duration::from_secs(5), server_error());
+        let beat = beat_loop(transport.clone(), Duration::from_secs(1), 10);
+        let run = beat.run();
+        tokio::pin!(run);
+        let _ = tokio::time::timeout(Duration::from_secs(150), &mut run).await;
+        assert!(transport.rows().len() > 100, "it kept beating");
+        assert_eq!(
+            logs.lines("beat not stored"),
+            1,
+            "one kind, one line in 150 s"
+        );
+        assert_eq!(
+            logs.lines("delivered again"),
+            1,
+            "one recovery line per window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_opening_is_logged_once_per_transition() {
+        let (logs, _guard) = Logs::capture();
+        let transport = Scripted::new([Step::Ok]);
+        let beat = beat_loop(transport.clone(), Duration::from_secs(1), 3);
+        let shared = Arc::clone(&beat.shared);
+        let run = beat.run();
+        tokio::pin!(run);
+        for _ in 0..3 {
+            shared.counters.job_failed();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut run).await;
+        assert_eq!(logs.lines("circuit breaker open"), 1);
+        assert!(transport
+            .rows()
+            .iter()
+            .skip(1)
+            .all(|r| r.circuit_breaker_open));
+        assert!(transport
+            .rows()
+            .iter()
+            .skip(1)
+            .all(|r| r.status == WorkerStatus::Crashed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_final_row_is_bounded_by_the_shutdown_budget() {
+        let transport = Scripted::new([Step::Ok, Step::Hang]);
+        let beat = beat_loop(transport.clone(), Duration::from_secs(30), 10);
+        let shared = Arc::clone(&beat.shared);
+        let task = tokio::spawn(beat.run());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let asked = Instant::now();
+        shared.request_stop(FinalState::default());
+        task.await.expect("the loop ends");
+        assert_eq!(
+            Instant::now() - asked,
+            Duration::from_secs(1),
+            "exactly the budget, not a moment more"
+        );
+        assert!(!shared.wait_done(Duration::ZERO), "not stored, and says so");
+        let last = transport.rows().pop().expect("final row");
+        assert_eq!(last.status, WorkerStatus::Stopped);
+    }
+}

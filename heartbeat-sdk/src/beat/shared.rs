@@ -1,0 +1,76 @@
+//! What the handle(s), the signal thread and the beat thread share: the
+//! counters, and the one-way road to the final row (stop requested -> final
+//! row sent -> done).
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::beat::counters::Counters;
+use crate::model::row::FinalState;
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub counters: Counters,
+    pub shutdown_budget: Duration,
+    stop: watch::Sender<Option<FinalState>>,
+    done: Mutex<Option<bool>>,
+    done_changed: Condvar,
+}
+
+impl Shared {
+    pub fn new(counters: Counters, shutdown_budget: Duration) -> Self {
+        Shared {
+            counters,
+            shutdown_budget,
+            stop: watch::channel(None).0,
+            done: Mutex::new(None),
+            done_changed: Condvar::new(),
+        }
+    }
+
+    pub fn subscribe_stop(&self) -> watch::Receiver<Option<FinalState>> {
+        self.stop.subscribe()
+    }
+
+    /// Asks the loop to send `state` as the final row; the first request wins.
+    pub fn request_stop(&self, state: FinalState) {
+        self.stop.send_if_modified(|slot| {
+            if slot.is_none() {
+                *slot = Some(state);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The loop has ended; `delivered` says whether the final row was stored.
+    pub fn mark_done(&self, delivered: bool) {
+        if let Ok(mut done) = self.done.lock() {
+            *done = Some(delivered);
+        }
+        self.done_changed.notify_all();
+    }
+
+    /// Waits up to `timeout` for the final row; true when it was stored.
+    pub fn wait_done(&self, timeout: Duration) -> bool {
+        let Ok(guard) = self.done.lock() else {
+            return false;
+        };
+        match self
+            .done_changed
+            .wait_timeout_while(guard, timeout, |d| d.is_none())
+        {
+            Ok((done, _)) => done.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// Requests the final row and waits for it, bounded by `timeout`.
+    pub fn finish(&self, state: FinalState, timeout: Duration) -> bool {
+        self.request_stop(state);
+        self.wait_done(timeout)
+    }
+}

@@ -1,0 +1,10 @@
+//! The model: what a row is, what a reader concludes from one, the key, the
+//! errors. No I/O here, and nothing here imports the other layers.
+
+pub(crate) mod clock;
+pub(crate) mod error;
+pub(crate) mod health;
+pub(crate) mod key;
+pub(crate) mod row;
+pub(crate) mod status_row;
+pub(crate) mod text;

@@ -1,0 +1,52 @@
+//! Where rows are sent: the seam between "build the row" and "send the row".
+
+mod memory;
+pub(crate) mod postgrest;
+pub(crate) mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::model::error::{ReadError, SendError};
+use crate::model::row::WorkerRow;
+use crate::model::status_row::StatusRow;
+
+pub use memory::MemoryTransport;
+
+/// Delivers rows somewhere: Supabase's REST API, a local store, or a test.
+///
+/// The beat loop owns its transport and calls `send` from its own thread, one
+/// row at a time; a send never overlaps another. Rows carry absolute totals,
+/// so a transport may drop a row that failed.
+pub trait Transport: Send + 'static {
+    /// Stores one row, replacing the previous row of the same `worker_name`.
+    fn send<'a>(
+        &'a mut self,
+        row: &'a WorkerRow,
+    ) -> Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+
+    /// Where rows go, for the one log line at start (never contains a secret).
+    fn describe(&self) -> String;
+
+    /// The row stored under `worker_name`, if the store can say (used at
+    /// start to warn when another live instance already reports that name).
+    #[doc(hidden)]
+    fn read_row<'a>(&'a mut self, worker_name: &'a str) -> ReadFuture<'a> {
+        let _ = worker_name;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// What to report when a send took longer than `after` (the beat gave up).
+    #[doc(hidden)]
+    fn timed_out(&self, after: std::time::Duration) -> SendError {
+        SendError::Timeout(after)
+    }
+}
+
+/// What [`Transport::read_row`] returns.
+#[doc(hidden)]
+pub type ReadFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<StatusRow>, ReadError>> + Send + 'a>>;
+
+/// What [`Transport::send`] returns.
+pub(crate) type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
