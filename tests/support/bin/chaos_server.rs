@@ -241,20 +241,13 @@ fn positive(d: Duration, flag: &str, value: &str) -> Result<Duration, String> {
     }
 }
 
-/// `500ms`, `30s`, `5m`, `1h`; a bare number is seconds.
+/// `500ms`, `30s`, `5m`, `1h 30m` (humantime); a bare number is seconds.
 fn duration(flag: &str, value: &str) -> Result<Duration, String> {
-    let bad = || format!("{flag} {value:?} is not a duration: use e.g. 500ms, 30s, 5m or 1h");
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(bad()),
+    if let Ok(secs) = value.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(value).map_err(|e| {
+        format!("{flag} {value:?} is not a duration ({e}): use e.g. 500ms, 30s, 5m or 1h")
     })
 }
 
