@@ -31,7 +31,9 @@
 # default 30, or less so every mode runs at least once), SOAK_INTERVAL (beat,
 # 1 s), SOAK_SAMPLE (seconds between samples, 5), SOAK_WAIT_MS (5),
 # SOAK_LINE_MIB (the newline-free line, 100), SOAK_HUGE_PAUSE (between 64 KiB
-# chunks of the huge body, 0ms: as fast as the client reads), SOAK_DIR (keep the logs there;
+# chunks of the huge body, 0ms: as fast as the client reads), SOAK_BIN_DIR
+# (use the heartbeat-sidecar, chaos-server and rust_worker found there instead
+# of building: to soak another commit's build), SOAK_DIR (keep the logs there;
 # default a temp dir, removed unless a goal is broken).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,12 +58,21 @@ phases=$((total / cycle))
 ((phases % 2 == 1)) || phases=$((phases - 1))
 retry_after=$((cycle / 2 < 30 ? cycle / 2 : 30))
 
-echo "==> cargo build --release (sidecar, chaos server, example worker)"
-cargo build -q --release -p heartbeat-sidecar -p hp-heartbeat-tests --bin heartbeat-sidecar --bin chaos-server
-cargo build -q --release -p heartbeat-sdk --example rust_worker
-sidecar=$PWD/target/release/heartbeat-sidecar
-server=$PWD/target/release/chaos-server
-worker=$PWD/target/release/examples/rust_worker
+if [[ -n ${SOAK_BIN_DIR:-} ]]; then
+  # Another build (e.g. an older commit's) to compare: its three binaries.
+  bin_dir=$(cd "$SOAK_BIN_DIR" && pwd)
+  sidecar=$bin_dir/heartbeat-sidecar server=$bin_dir/chaos-server worker=$bin_dir/rust_worker
+else
+  echo "==> cargo build --release (sidecar, chaos server, example worker)"
+  cargo build -q --release -p heartbeat-sidecar -p hp-heartbeat-tests --bin heartbeat-sidecar --bin chaos-server
+  cargo build -q --release -p heartbeat-sdk --example rust_worker
+  sidecar=$PWD/target/release/heartbeat-sidecar
+  server=$PWD/target/release/chaos-server
+  worker=$PWD/target/release/examples/rust_worker
+fi
+for b in "$sidecar" "$server" "$worker"; do
+  [[ -x $b ]] || { echo "soak: $b is missing: unset SOAK_BIN_DIR to build it, or copy heartbeat-sidecar, chaos-server and rust_worker there" >&2; exit 2; }
+done
 
 if [[ -n ${SOAK_DIR:-} ]]; then dir=$SOAK_DIR; mkdir -p "$dir"; keep=1; else dir=$(mktemp -d); keep=0; fi
 pids=()
@@ -149,25 +160,29 @@ peak_rss() {
   done
   echo "$hwm"
 }
-pass_through() { # $1: input file; prints "peak_kib out_ok err_ok"
-  local in=$1 p peak
-  HP_LOG=off HP_STORE="$dir/output.db" HP_HEARTBEAT_INTERVAL_SECS=$interval \
-    "$sidecar" run --name soak-output --job-pattern ' done' --error-pattern ERROR -- \
-    sh -c 'cat "$1"; cat "$1" >&2; sleep 1' sh "$in" > "$dir/out.stdout" 2> "$dir/out.stderr" &
+# Runs the sidecar over one input (cat to stdout, then to stderr), appending
+# "name bytes peak_kib stdout_identical stderr_identical" to output.txt.
+pass_through() {
+  local name=$1 in=$2 p peak want out_ok err_ok
+  env -u SUPABASE_URL -u SUPABASE_SECRET_KEY HP_LOG=off HP_STORE="$dir/output.db" HP_HEARTBEAT_INTERVAL_SECS=$interval \
+    "$sidecar" run --name "soak-output-$name" --job-pattern ' done' --error-pattern ERROR -- \
+    sh -c 'cat "$1"; cat "$1" >&2; sleep 1' sh "$in" > "$dir/$name.stdout" 2> "$dir/$name.stderr" &
   p=$!
   peak=$(peak_rss "$p")
   wait "$p" || true
-  local want; want=$(sha256sum < "$in")
-  echo "$peak $([[ $(sha256sum < "$dir/out.stdout") == "$want" ]] && echo yes || echo no) $([[ $(sha256sum < "$dir/out.stderr") == "$want" ]] && echo yes || echo no)"
-  rm -f "$dir/out.stdout" "$dir/out.stderr"
+  want=$(sha256sum < "$in")
+  out_ok=no err_ok=no
+  [[ $(sha256sum < "$dir/$name.stdout") == "$want" ]] && out_ok=yes
+  [[ $(sha256sum < "$dir/$name.stderr") == "$want" ]] && err_ok=yes
+  echo "$name $(stat -c %s "$in") $peak $out_ok $err_ok" >> "$dir/output.txt"
+  # Kept for a look when they differ.
+  if [[ $out_ok == yes && $err_ok == yes ]]; then rm -f "$dir/$name.stdout" "$dir/$name.stderr" "$in"; fi
 }
+: > "$dir/output.txt"
 head -c 1048576 /dev/urandom > "$dir/small.in"
 { head -c 16777216 /dev/urandom; head -c $((line_mib * 1048576)) /dev/zero | tr '\0' x; printf ' done ERROR'; head -c 1048576 /dev/urandom; } > "$dir/big.in"
-read -r small_peak small_out small_err < <(pass_through "$dir/small.in")
-read -r big_peak big_out big_err < <(pass_through "$dir/big.in")
-big_bytes=$(stat -c %s "$dir/big.in")
-rm -f "$dir/small.in" "$dir/big.in"
-printf '%s\n' "small 1048576 $small_peak $small_out $small_err" "big $big_bytes $big_peak $big_out $big_err" > "$dir/output.txt"
+pass_through small "$dir/small.in"
+pass_through big "$dir/big.in"
 
 echo "==> summary"
 set +e
@@ -238,7 +253,7 @@ mode, pending = "accept", {}
 for t, what, value, worker in events:
     if what == "mode":
         for w, (failed, _) in pending.items():
-            recovery[failed].setdefault(w, None)
+            recovery[failed][w] = None
         pending = {}
         if value == "accept" and mode != "accept":
             pending = {w: (mode, t) for w in WORKERS}
@@ -257,9 +272,12 @@ for t, what, value, worker in events:
         failed, since = pending.pop(worker)
         if failed.startswith("status-429"):
             since = max(since, last_429.get(worker, 0) + quiet)
-        recovery[failed][worker] = max(0.0, t - since)
+        took_s = max(0.0, t - since)
+        # The worst of every round: None (no 201 at all) beats any time.
+        if recovery[failed].get(worker, 0.0) is not None:
+            recovery[failed][worker] = max(took_s, recovery[failed].get(worker, 0.0))
 for w, (failed, _) in pending.items():
-    recovery[failed].setdefault(w, None)
+    recovery[failed][w] = None
 worst, rec_ok = {}, {name: True for name in WORKERS.values()}
 for failed, by in recovery.items():
     for w, r in by.items():
@@ -280,7 +298,7 @@ if slow_jobs:
     broken.append(f"SDK worker: {slow_jobs} job(s) of {len(took):,} kept the worker's thread over {wait_ms} ms (max {max(took) / 1e6:.1f} ms)")
 
 # Output pass-through.
-out = {p[0]: p[1:] for p in (l.split() for l in open(f"{d}/output.txt"))}
+out = {p[0]: p[1:] for p in (l.split() for l in open(f"{d}/output.txt")) if len(p) == 5}
 big_bytes, big_peak, big_out, big_err = int(out["big"][0]), int(out["big"][1]), out["big"][2], out["big"][3]
 small_peak = int(out["small"][1])
 if big_out != "yes" or big_err != "yes" or out["small"][2] != "yes" or out["small"][3] != "yes":
@@ -314,11 +332,11 @@ print(f"| final `stopped` row stored at SIGTERM | {'yes' if 'soak-sdk' in final_
 print(f"| requests in all | {requests['soak-sdk']:,} | {requests['soak-sidecar']:,} | |")
 if took:
     print(f"| worker's thread per job (increment + log), max | {max(took) / 1000:,.1f} µs {ok(not slow_jobs)} | — | under {wait_ms} ms |")
-print(f"| of a 200 MiB 500 body (pause {huge_pause} per 64 KiB), most taken by one request | {max(taken, default=0) / 2**20:.1f} MiB (either) | | |")
+print(f"| of a 200 MiB 500 body (pause {huge_pause} per 64 KiB), most taken by one request | {max(taken, default=0) / 1024:,.0f} KiB (either) | | |")
 print(f"| output: {big_bytes / 2**20:.0f} MiB (random, a {line_mib} MiB line with no newline) on stdout and on stderr | — | identical: {big_out}/{big_err} {ok(big_out == big_err == 'yes')} | byte for byte |")
 print(f"| sidecar peak RSS passing it, against 1 MiB | — | {kib(big_peak)} against {kib(small_peak)} {ok(big_peak - small_peak <= 1024)} | at most 1 MiB more |")
 
-print("\n| after | SDK worker recovered in | sidecar recovered in |")
+print("\n| after | SDK worker recovered in (worst) | sidecar recovered in (worst) |")
 print("|---|---|---|")
 def fmt(r): return "no 201" if r is None else f"{r:.2f} s"
 for failed, by in recovery.items():

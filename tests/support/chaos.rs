@@ -602,7 +602,7 @@ fn normal_status(req: &Incoming) -> u16 {
     let table = req.path == TABLE_PATH || req.path.starts_with(&format!("{TABLE_PATH}?"));
     match req.method.as_str() {
         "POST" if table => 201,
-        "GET" | "HEAD" => 200,
+        "GET" => 200,
         _ => 404,
     }
 }
