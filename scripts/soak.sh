@@ -35,6 +35,9 @@
 # (use the heartbeat-sidecar, chaos-server and rust_worker found there instead
 # of building: to soak another commit's build), SOAK_DIR (keep the logs there;
 # default a temp dir, removed unless a goal is broken).
+#
+# It takes SOAK_MINUTES (whole phases, ending on accept) plus about 15 s for
+# the output check, after the release builds. Needs bash 5, python3, coreutils.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
