@@ -1,5 +1,6 @@
-//! Helpers for the cross-crate tests: a real PostgreSQL, and the SQL
-//! PostgREST would run for a request.
+//! Helpers for the cross-crate tests: a real PostgreSQL, the SQL PostgREST
+//! would run for a request, and the control scenarios every store must pass.
 
+pub mod control_scenarios;
 pub mod pg;
 pub mod postgrest_sql;
