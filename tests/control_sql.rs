@@ -1539,3 +1539,141 @@ fn pool_set_keeps_what_it_is_not_given_and_audits() {
         assert!(sqlstate(&e) == "22023" && e.contains(want), "{e}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// docs/control.md
+
+/// The ```sql blocks of a Markdown text in order, each with the ```json
+/// block that follows it before the next ```sql block (its output), if any.
+fn sql_blocks(markdown: &str) -> Vec<(String, Option<String>)> {
+    let mut blocks: Vec<(String, Option<String>)> = Vec::new();
+    let mut open: Option<(&str, String)> = None;
+    for line in markdown.lines() {
+        match (&mut open, line.trim_end()) {
+            (None, "```sql") => open = Some(("sql", String::new())),
+            (None, "```json") => open = Some(("json", String::new())),
+            (Some((kind, body)), "```") => {
+                let body = std::mem::take(body);
+                match *kind {
+                    "sql" => blocks.push((body, None)),
+                    _ => {
+                        let last = blocks.last_mut().expect("a json block follows a sql block");
+                        assert!(last.1.is_none(), "two outputs for one block: {body}");
+                        last.1 = Some(body);
+                    }
+                }
+                open = None;
+            }
+            (Some((_, body)), _) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    assert!(open.is_none(), "an unclosed block");
+    blocks
+}
+
+#[test]
+fn every_sql_block_of_the_control_docs_runs_as_written() {
+    let Some(server) = pg::server() else { return };
+    // pg_cron keeps its jobs in one database: the docs run there when it exists.
+    let (db, cron) = match server.cron_database() {
+        Ok(db) => (db, true),
+        Err(why) => {
+            if std::env::var("HP_REQUIRE_DB").as_deref() == Ok("1") {
+                panic!(
+                    "HP_REQUIRE_DB=1 but the pg_cron blocks of docs/control.md cannot run: {why}"
+                );
+            }
+            eprintln!(
+                "\n########## SKIPPED: the pg_cron blocks of docs/control.md ##########\n{why}\n\
+                 ####################################################################\n"
+            );
+            (server.fresh_database("docs"), false)
+        }
+    };
+    db.migrate(true).expect("migrations");
+    // The page's situation: pool orders with five running workers, and a user.
+    add_workers(
+        &db,
+        "orders",
+        &["orders-1", "orders-2", "orders-3", "orders-4", "orders-5"],
+    );
+    db.sql("insert into auth.users (id, email) values ('6f2c1a7e-0000-4000-8000-000000000001', 'ops@example.com');")
+        .expect("a user");
+
+    let text =
+        std::fs::read_to_string(pg::repo_root().join("docs/control.md")).expect("docs/control.md");
+    let blocks = sql_blocks(&text);
+    assert!(blocks.len() >= 10, "{} blocks", blocks.len());
+    let mut outputs_checked = 0;
+    for (sql, shown) in &blocks {
+        if sql.contains("cron") && !cron {
+            eprintln!("SKIPPED (no pg_cron): {sql}");
+            continue;
+        }
+        let rollout_touched = || {
+            one(
+                &db,
+                "select coalesce(max(updated_at)::text, '') from hp_rollout;",
+            )
+        };
+        let before = rollout_touched();
+        let out = db
+            .sql(sql)
+            .unwrap_or_else(|e| panic!("docs/control.md:\n{sql}\nfailed: {e}"));
+        if let Some(shown) = shown {
+            let shown: Value =
+                serde_json::from_str(shown).unwrap_or_else(|e| panic!("{shown}: {e}"));
+            let real: Value =
+                serde_json::from_str(&out).unwrap_or_else(|e| panic!("{sql} printed {out}: {e}"));
+            assert_eq!(
+                shown, real,
+                "docs/control.md shows another output for\n{sql}\nreal: {out}"
+            );
+            outputs_checked += 1;
+        }
+        if sql.contains("\"hp_role\": \"operator\"") {
+            assert_eq!(
+                one(
+                    &db,
+                    "select raw_app_meta_data ->> 'hp_role' from auth.users;"
+                ),
+                "operator"
+            );
+        }
+        if sql.contains("- 'hp_role'") {
+            assert_eq!(
+                one(
+                    &db,
+                    "select coalesce(raw_app_meta_data ->> 'hp_role', 'none') from auth.users;"
+                ),
+                "none"
+            );
+        }
+        if sql.contains("cron.schedule(") {
+            // The job really runs and steps the rollout: pg_cron fires at the next minute.
+            let deadline = Instant::now() + Duration::from_secs(150);
+            let runs = || {
+                one(&db, "select string_agg(status, ',') from cron.job_run_details d join cron.job j using (jobid) where j.jobname = 'hp-rollout-step';")
+            };
+            while runs().is_empty() || runs().contains("running") || runs().contains("starting") {
+                assert!(
+                    Instant::now() < deadline,
+                    "pg_cron did not run the job: {}",
+                    runs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            assert!(runs().starts_with("succeeded"), "{}", runs());
+            assert!(rollout_touched() > before, "the job stepped the rollout");
+        }
+    }
+    assert!(outputs_checked >= 5, "{outputs_checked} outputs compared");
+    assert!(
+        text.contains("would leave pool orders with 2 of 5 workers unavailable; its budget allows 1 (max_unavailable)"),
+        "the worked refusal is shown"
+    );
+}
