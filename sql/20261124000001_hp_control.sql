@@ -415,7 +415,9 @@ end
 $$;
 
 -- One transaction-level advisory lock per pool, taken in sorted key order so
--- two requests over the same pools can never deadlock on them.
+-- two requests over the same pools can never deadlock on them. Counting
+-- after it sees every request that held it before only under READ COMMITTED
+-- (a new snapshot per statement) or SERIALIZABLE (conflicts are detected).
 create or replace function public.hp_pool_lock(pools text[])
 returns void
 language plpgsql
@@ -424,6 +426,10 @@ as $$
 declare
   k bigint;
 begin
+  if pg_catalog.current_setting('transaction_isolation') = 'repeatable read' then
+    raise exception using errcode = '0A000',
+      message = 'hp-heartbeat control needs READ COMMITTED or SERIALIZABLE, not REPEATABLE READ: counted from an old snapshot, concurrent requests could pass a pool''s budget together';
+  end if;
   for k in
     select distinct pg_catalog.hashtextextended('hp_pool:' || p, 0)
     from pg_catalog.unnest(pools) p

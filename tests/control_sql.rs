@@ -3,10 +3,25 @@
 //! JWT's role with `set_config('role', ..)` and `set_config('request.jwt.claims', ..)`,
 //! then `select public.fn(arg := value, ...)` for `POST /rest/v1/rpc/fn`.
 //!
-//! The rules themselves are data, `tests/control_scenarios.json` (format in
-//! `hp_heartbeat_tests::control_scenarios`): [`scenarios_hold_in_postgres`]
-//! builds each scenario's rows and compares what comes out. The local store
-//! runs the same file.
+//! The rules themselves are data, `tests/control_scenarios.json`, an array of
+//! scenarios, each starting from an empty store:
+//!
+//! - `name`; `pools`: `hp_pool` rows (`pool`, and optionally
+//!   `max_unavailable`, `min_available`, `protected`);
+//! - `workers`: status rows `{name, pool, status, age_seconds, interval}`
+//!   (stale after 2.5 intervals), optionally `exit_code`, and `desired` /
+//!   `restart_pending`, which also give the worker a control row at
+//!   generation 1;
+//! - `request`: the `hp_control` arguments, made as service_role;
+//! - `expect`: `outcome`, `rule` (null for none), `available_before`,
+//!   `available_after`, optionally `forced`, `pool`, `message_contains`, and
+//!   `control` (worker -> fields its control row must have, or null for no
+//!   row); or `error` (SQLSTATE) with `message_contains`.
+//!
+//! The full format, and the checks every scenario gets beyond `expect`, are in
+//! `hp_heartbeat_tests::control_scenarios`, which also holds the comparison:
+//! a runner for another store only builds the rows, makes the request and
+//! returns an `Observed`, as [`run_scenario`] does here.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -412,6 +427,14 @@ fn each_role_gets_its_answer() {
             "service_role|service_role|false",
             "database:postgres|database|false",
         ]
+    );
+    // Under REPEATABLE READ the counts could be stale: refused.
+    let e = db
+        .sql("begin isolation level repeatable read; select public.hp_control(action := 'run_now', workers := array['orders-1']); commit;")
+        .expect_err("repeatable read");
+    assert!(
+        sqlstate(&e) == "0A000" && e.contains("REPEATABLE READ"),
+        "{e}"
     );
     // An API role without claims did not come through PostgREST: refused.
     let e = db
