@@ -1,6 +1,8 @@
 //! Helpers for every test package: waiting on conditions, a real
-//! PostgreSQL, and the SQL PostgREST would run for a request.
+//! PostgreSQL, the SQL PostgREST would run for a request, and the control
+//! scenarios every store must pass.
 
+pub mod control_scenarios;
 pub mod eventually;
 pub mod pg;
 pub mod postgrest_sql;
