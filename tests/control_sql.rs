@@ -1700,3 +1700,248 @@ fn every_sql_block_of_the_control_docs_runs_as_written() {
         "the worked refusal is shown"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The same scenarios on the local store (SQLite), and both stores compared.
+
+/// Builds a scenario's rows in a fresh local store, makes its request and
+/// reads what it left: the local store's twin of [`run_scenario`].
+fn run_scenario_locally(s: &control_scenarios::Scenario) -> Observed {
+    use heartbeat_sdk::sidecar::{ControlRequest, SqliteStore};
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("control.db");
+    let store = SqliteStore::new(&path);
+    // The store makes its tables on first use; a pool_set is a first use
+    // that leaves no status row.
+    store
+        .pool_set("setup", None, None, None, None)
+        .expect("tables");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch("delete from hp_pool; drop trigger hp_audit_log_no_delete; delete from hp_audit_log; create trigger hp_audit_log_no_delete before delete on hp_audit_log begin select raise(abort, 'hp_audit_log is insert-only: DELETE is not allowed'); end;")
+        .expect("a clean slate");
+    let now = chrono::Utc::now();
+    let at = |secs_ago: f64| {
+        (now - chrono::Duration::microseconds((secs_ago * 1e6) as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    for p in &s.pools {
+        conn.execute(
+            "insert into hp_pool (pool, max_unavailable, min_available, protected) values (?1, coalesce(?2, 1), coalesce(?3, 1), coalesce(?4, 0))",
+            rusqlite::params![p.pool, p.max_unavailable, p.min_available, p.protected.map(i64::from)],
+        )
+        .expect("pool");
+    }
+    for (i, w) in s.workers.iter().enumerate() {
+        conn.execute(
+            "insert into hp_worker_status (worker_name, pool, status, last_heartbeat, heartbeat_interval_seconds, instance_id, instance_since, exit_code) values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![w.name, w.pool, w.status, at(w.age_seconds), w.interval, instance(i as u64 + 1), at(3600.0), w.exit_code],
+        )
+        .expect("status row");
+        if w.has_control_row() {
+            let pending = w.restart_pending.unwrap_or(false);
+            conn.execute(
+                "insert into hp_worker_control (worker_name, desired, generation, restart_seq, restart_requested_at) values (?1, ?2, 1, ?3, ?4)",
+                rusqlite::params![w.name, w.desired.as_deref().unwrap_or("active"), i64::from(pending), pending.then(|| at(1.0))],
+            )
+            .expect("control row");
+        }
+    }
+    let r = &s.request;
+    let mut request = ControlRequest::default();
+    request.action = r.action.clone();
+    request.workers = r.workers.clone();
+    request.pool = r.pool.clone();
+    request.reason = r.reason.clone();
+    request.confirm = r.confirm.clone();
+    request.force = r.force.unwrap_or(false);
+    request.actor = r.actor.clone();
+    let answer = match store.control(&request) {
+        Ok(a) => Ok(serde_json::to_value(a).expect("json")),
+        Err(heartbeat_sdk::sidecar::ControlError::Invalid { code, message }) => {
+            Err(StoreError { code, message })
+        }
+        Err(e) => panic!("{}: the store failed: {e}", s.name),
+    };
+    let mut control = std::collections::BTreeMap::new();
+    let mut stmt = conn
+        .prepare("select c.worker_name, c.desired, c.generation, c.restart_seq, c.run_now_seq, c.drain_seq, c.restart_requested_at, s.instance_since from hp_worker_control c left join hp_worker_status s using (worker_name) order by c.worker_name")
+        .expect("read control");
+    let rows = stmt
+        .query_map([], |row| {
+            let asked: Option<String> = row.get(6)?;
+            let since: Option<String> = row.get(7)?;
+            Ok((
+                row.get::<_, String>(0)?,
+                ControlRow {
+                    desired: row.get(1)?,
+                    generation: row.get(2)?,
+                    restart_seq: row.get(3)?,
+                    run_now_seq: row.get(4)?,
+                    drain_seq: row.get(5)?,
+                    restart_pending: asked.is_some_and(|a| since.is_none_or(|s| s < a)),
+                },
+            ))
+        })
+        .expect("control rows");
+    for row in rows {
+        let (name, row) = row.expect("row");
+        control.insert(name, row);
+    }
+    let mut stmt = conn
+        .prepare("select actor, action, outcome, detail from hp_audit_log order by id")
+        .expect("read audit");
+    let audit = stmt
+        .query_map([], |row| {
+            Ok(AuditRow {
+                actor: row.get(0)?,
+                action: row.get(1)?,
+                outcome: row.get(2)?,
+                detail: serde_json::from_str(&row.get::<_, String>(3)?).unwrap_or(Value::Null),
+            })
+        })
+        .expect("audit rows")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("audit");
+    Observed {
+        answer,
+        control,
+        audit,
+    }
+}
+
+#[test]
+fn scenarios_hold_in_the_local_store() {
+    let scenarios = control_scenarios::load(&pg::repo_root().join("tests/control_scenarios.json"));
+    let mut failures = Vec::new();
+    for s in &scenarios {
+        let bad = control_scenarios::check(s, &run_scenario_locally(s));
+        if !bad.is_empty() {
+            failures.push(format!("{}:\n    {}", s.name, bad.join("\n    ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed on the local store:\n{}",
+        failures.len(),
+        scenarios.len(),
+        failures.join("\n")
+    );
+}
+
+/// Beyond each store meeting the expectations: the two give the same
+/// answer, word for word and number for number, to every scenario.
+#[test]
+fn both_stores_give_the_same_answer_to_every_scenario() {
+    let Some(db) = migrated("both") else { return };
+    let scenarios = control_scenarios::load(&pg::repo_root().join("tests/control_scenarios.json"));
+    let comparable = |answer: &Result<Value, StoreError>| -> Value {
+        match answer {
+            Ok(a) => {
+                let mut a = a.clone();
+                if let Some(obj) = a.as_object_mut() {
+                    obj.remove("audit_id");
+                }
+                a
+            }
+            Err(e) => json!({"error": e.code, "message": e.message}),
+        }
+    };
+    let mut differ = Vec::new();
+    for s in &scenarios {
+        let (pg, local) = (run_scenario(&db, s), run_scenario_locally(s));
+        let (pg_answer, local_answer) = (comparable(&pg.answer), comparable(&local.answer));
+        if pg_answer != local_answer {
+            differ.push(format!(
+                "{}:\n  postgres {pg_answer}\n  local    {local_answer}",
+                s.name
+            ));
+        }
+        if pg.control != local.control {
+            differ.push(format!(
+                "{}: control rows {:?} vs {:?}",
+                s.name, pg.control, local.control
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// The local store's twin of the 20-session test: 20 threads, each with its
+/// own connection, pause 20 different workers of a pool whose budget allows
+/// 3 at once: exactly 3 accepted, 17 refused, 20 audit rows, every round.
+#[test]
+fn the_local_store_holds_the_budget_under_20_concurrent_requests() {
+    use heartbeat_sdk::sidecar::{ControlRequest, SqliteStore};
+    for round in 0..5 {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("race.db");
+        SqliteStore::new(&path)
+            .pool_set("race", Some(3), Some(0), None, None)
+            .expect("budget");
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        for i in 0..20 {
+            conn.execute(
+                "insert into hp_worker_status (worker_name, pool, status, last_heartbeat, heartbeat_interval_seconds, instance_id, instance_since) values (?1, 'race', 'running', ?2, 30, ?3, ?2)",
+                rusqlite::params![format!("race-{i:02}"), now, instance(i)],
+            )
+            .expect("worker");
+        }
+        let gate = std::sync::Arc::new(std::sync::Barrier::new(20));
+        let answers: Vec<String> = (0..20)
+            .map(|i| {
+                let (path, gate) = (path.clone(), std::sync::Arc::clone(&gate));
+                std::thread::spawn(move || {
+                    let store = SqliteStore::new(&path);
+                    gate.wait();
+                    store
+                        .control(&ControlRequest::workers(
+                            "pause",
+                            vec![format!("race-{i:02}")],
+                        ))
+                        .expect("an answer")
+                        .outcome
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let accepted = answers.iter().filter(|o| *o == "accepted").count();
+        assert_eq!(
+            (accepted, answers.len() - accepted),
+            (3, 17),
+            "round {round}"
+        );
+        let audit: i64 = conn
+            .query_row(
+                "select count(*) from hp_audit_log where action = 'pause'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(audit, 20, "round {round}");
+    }
+}
+
+#[test]
+fn the_local_audit_log_is_insert_only() {
+    use heartbeat_sdk::sidecar::SqliteStore;
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("audit.db");
+    SqliteStore::new(&path)
+        .pool_set("orders", Some(2), None, None, Some("ann@host"))
+        .expect("an audited change");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let actor: String = conn
+        .query_row("select actor from hp_audit_log", [], |r| r.get(0))
+        .expect("audit row");
+    assert_eq!(actor, "local (declared ann@host)");
+    for sql in [
+        "update hp_audit_log set actor = 'x'",
+        "delete from hp_audit_log",
+    ] {
+        let e = conn.execute(sql, []).expect_err(sql).to_string();
+        assert!(e.contains("insert-only"), "{sql}: {e}");
+    }
+}
