@@ -262,6 +262,23 @@ fn the_shipped_ecosystem_file_reports_running_then_stopped_within_the_kill_timeo
     );
     assert_ne!(sidecar_pid, Some(worker_pid));
 
+    // docs/sidecar.md: a running app keeps its environment; `pm2 restart
+    // --update-env` hands it the CLI's current one.
+    let out = pm2
+        .command(&["restart", APP, "--update-env"])
+        .env("HP_WORKER_VERSION", "2.0.0")
+        .output()
+        .expect("pm2 restart");
+    assert!(
+        out.status.success(),
+        "pm2 restart --update-env:\n{}",
+        both(&out)
+    );
+    let running = pm2.wait_row(APP, Duration::from_secs(20), |r| {
+        running_with_jobs(r) && r.version.as_deref() == Some("2.0.0") && r.pid != Some(worker_pid)
+    });
+    let worker_pid = running.pid.expect("the new worker's pid");
+
     let t0 = chrono::Utc::now();
     let started = Instant::now();
     pm2.run(&["stop", APP]);
