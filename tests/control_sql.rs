@@ -1605,14 +1605,9 @@ fn every_sql_block_of_the_control_docs_runs_as_written() {
     let (db, cron) = match server.cron_database() {
         Ok(db) => (db, true),
         Err(why) => {
-            if std::env::var("HP_REQUIRE_DB").as_deref() == Ok("1") {
-                panic!(
-                    "HP_REQUIRE_DB=1 but the pg_cron blocks of docs/control.md cannot run: {why}"
-                );
-            }
-            eprintln!(
-                "\n########## SKIPPED: the pg_cron blocks of docs/control.md ##########\n{why}\n\
-                 ####################################################################\n"
+            hp_heartbeat_tests::skip::or_require(
+                "DB",
+                &format!("the pg_cron blocks of docs/control.md cannot run: {why}"),
             );
             (server.fresh_database("docs"), false)
         }
@@ -1634,7 +1629,7 @@ fn every_sql_block_of_the_control_docs_runs_as_written() {
     let mut outputs_checked = 0;
     for (sql, shown) in &blocks {
         if sql.contains("cron") && !cron {
-            eprintln!("SKIPPED (no pg_cron): {sql}");
+            hp_heartbeat_tests::skip::loudly(&format!("no pg_cron for: {sql}"));
             continue;
         }
         let rollout_touched = || {

@@ -458,6 +458,5 @@ fn the_documented_pm2_setup_line_is_the_one_ci_runs() {
 /// captured by the harness and shown only when the test fails, so a skip
 /// would pass in silence.
 fn loud_skip(what: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n##### SKIPPED: {what} #####\n");
+    hp_heartbeat_tests::skip::loudly(what);
 }

@@ -642,6 +642,5 @@ fn fastrand_u128() -> u128 {
 /// captured by the harness and shown only when the test fails, so a skip
 /// would pass in silence.
 fn loud_skip(what: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\n##### SKIPPED: {what} #####\n");
+    hp_heartbeat_tests::skip::loudly(what);
 }

@@ -6,3 +6,4 @@ pub mod control_scenarios;
 pub mod eventually;
 pub mod pg;
 pub mod postgrest_sql;
+pub mod skip;

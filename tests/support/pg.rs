@@ -32,13 +32,9 @@ pub fn server() -> Option<&'static Postgres> {
     match SERVER.get_or_init(start) {
         Ok(pg) => Some(pg),
         Err(why) => {
-            if std::env::var("HP_REQUIRE_DB").as_deref() == Ok("1") {
-                panic!("HP_REQUIRE_DB=1 but no PostgreSQL for the tests: {why}");
-            }
-            eprintln!(
-                "\n########## SKIPPED: database tests ##########\n{why}\n\
-                 Install PostgreSQL (apt-get install postgresql) or set HP_TEST_DATABASE_URL.\n\
-                 ##############################################\n"
+            crate::skip::or_require(
+                "DB",
+                &format!("no PostgreSQL for the database tests ({why}): install PostgreSQL (apt-get install postgresql) or set HP_TEST_DATABASE_URL"),
             );
             None
         }
