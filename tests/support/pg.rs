@@ -376,6 +376,38 @@ impl Database<'_> {
         &self.name
     }
 
+    /// A connection URL for this database (what a user puts in `DATABASE_URL`).
+    pub fn url(&self) -> String {
+        let arg = |flag: &str| {
+            self.server
+                .admin_args
+                .iter()
+                .position(|a| a == flag)
+                .and_then(|i| self.server.admin_args.get(i + 1))
+                .cloned()
+        };
+        match (arg("-h"), arg("-d")) {
+            (Some(host), _) => format!(
+                "postgresql:///{}?host={host}&port={}&user={}",
+                self.name,
+                arg("-p").unwrap_or_else(|| "5432".into()),
+                arg("-U").unwrap_or_else(|| "postgres".into())
+            ),
+            // HP_TEST_DATABASE_URL: the same server, this database.
+            (None, Some(url)) => match url.rsplit_once('/') {
+                Some((server, rest)) => {
+                    let query = rest
+                        .split_once('?')
+                        .map(|(_, q)| format!("?{q}"))
+                        .unwrap_or_default();
+                    format!("{server}/{}{query}", self.name)
+                }
+                None => url,
+            },
+            (None, None) => String::new(),
+        }
+    }
+
     /// Runs a script as the admin user and returns everything psql printed,
     /// also when a statement failed (the script decides with
     /// `\\set ON_ERROR_STOP`).
