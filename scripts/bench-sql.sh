@@ -3,13 +3,22 @@
 # with only a primary key, in the same run, and the share of HOT updates.
 #
 #   scripts/bench-sql.sh [seconds-per-round] [rounds]      (default 20 s, 3 rounds)
+#   scripts/bench-sql.sh poll [seconds-per-round] [rounds]
 #
 # Each transaction is what PostgREST runs for one beat: as authenticator,
 # switch to service_role with set_config, then the merge-duplicates upsert of
 # one SDK row for one of 10,000 workers. 4 clients, 2 threads. Rounds
 # alternate migrated/bare; the medians are reported. Needs PostgreSQL's
 # server binaries (apt-get install postgresql) and pgbench.
+#
+# `poll` instead alternates that upsert with the control poll every worker
+# makes (default every 5 s): PostgREST's read for
+#   GET /rest/v1/hp_worker_control?worker_name=eq.W&generation=gt.N&select=desired,generation,restart_seq,run_now_seq,drain_seq
+# for one of 10,000 workers, each with a control row, nothing changed (the
+# answer is empty, as almost always).
 set -euo pipefail
+mode=upsert
+if [ "${1:-}" = poll ]; then mode=poll; shift; fi
 secs=${1:-20}
 rounds=${2:-3}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -62,6 +71,42 @@ insert into public.$table ($cols) select $cols from generate_series(1, 10000) g,
 vacuum analyze public.$table;
 SQL
 done
+
+if [ "$mode" = poll ]; then
+  # Every worker has a control row at generation 1, which it has seen.
+  psql_ -U postgres -d bench >/dev/null <<'SQL'
+insert into public.hp_worker_control (worker_name, generation, last_action, updated_by)
+select 'w' || g, 1, 'resume', 'bench' from generate_series(1, 10000) g;
+vacuum analyze public.hp_worker_control;
+SQL
+  # A GET runs read-only, as PostgREST starts it.
+  cat > "$dir/poll.sql" <<'SQL'
+\set n random(1, 10000)
+BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY;
+SELECT set_config('role', 'service_role', true), set_config('request.jwt.claims', '{"role":"service_role"}', true);
+WITH pgrst_source AS ( SELECT "public"."hp_worker_control"."desired", "public"."hp_worker_control"."generation", "public"."hp_worker_control"."restart_seq", "public"."hp_worker_control"."run_now_seq", "public"."hp_worker_control"."drain_seq" FROM "public"."hp_worker_control" WHERE  "public"."hp_worker_control"."worker_name" = 'w' || :n AND  "public"."hp_worker_control"."generation" > '1'  ) SELECT null::bigint AS total_result_set, pg_catalog.count(_postgrest_t) AS page_total, coalesce(json_agg(_postgrest_t), '[]') AS body, nullif(current_setting('response.headers', true), '') AS response_headers, nullif(current_setting('response.status', true), '') AS response_status, '' AS response_inserted FROM ( SELECT * FROM pgrst_source ) _postgrest_t;
+COMMIT;
+SQL
+  # The poll must answer nothing when nothing changed.
+  got=$(sed -e '/^\\set n/d' -e 's/:n/42/' "$dir/poll.sql" | psql_ -U authenticator -d bench -At | sed -n 2p)
+  [ "$got" = '|0|[]|||' ] || { echo "the poll answered $got, not an empty body" >&2; exit 1; }
+  declare -A tps
+  for r in $(seq 1 "$rounds"); do
+    for kind in hp_worker_status poll; do
+      t=$(pgbench -n -h "$dir" -p 5432 -U authenticator -c 4 -j 2 -T "$secs" -f "$dir/$kind.sql" bench 2>&1 \
+          | sed -nE 's/^tps = ([0-9.]+) .*/\1/p')
+      tps[$kind]="${tps[$kind]:-} $t"
+      echo "round $r $kind: $t per second"
+    done
+  done
+  median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+  u=$(echo "${tps[hp_worker_status]}" | median)
+  p=$(echo "${tps[poll]}" | median)
+  echo
+  echo "median per second  upsert (beat): $u   poll: $p   poll/upsert: $(awk -v p="$p" -v u="$u" 'BEGIN {printf "%.2f", p/u}')"
+  echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}'), $(nproc) cores, $secs s x $rounds rounds, 4 clients"
+  exit 0
+fi
 
 declare -A tps
 psql_ -U postgres -d bench -c "select pg_stat_reset()" >/dev/null

@@ -1,30 +1,67 @@
 // PM2 starts the sidecar; the sidecar starts the worker and reports for it.
 //   pm2 start examples/node/ecosystem.config.js
-// Put SUPABASE_URL and SUPABASE_SECRET_KEY in the environment PM2 is started
-// from (or in `env` below from a file you do not commit). Without them the
-// rows go to the local store: see them with `heartbeat-sidecar status`.
-module.exports = {
-  apps: [
-    {
-      name: 'roundtable-worker',
-      script: 'heartbeat-sidecar', // the binary, on PATH (e.g. /usr/local/bin)
-      interpreter: 'none', // a native binary, not a Node script
-      args: [
-        'run', '--name', 'roundtable-worker',
-        '--job-pattern', 'done$', '--error-pattern', '^ERROR',
-        '--', 'node', 'examples/node/worker.mjs',
-      ],
-      // PM2 sends SIGINT on stop and SIGKILL 1.6 s later. The sidecar's final
-      // row goes out within its 1 s budget (HP_SHUTDOWN_BUDGET_MS).
-      kill_timeout: 1600,
-      env: {
-        HP_HEARTBEAT_INTERVAL_SECS: '30',
-      },
-    },
-    // PM2 with several instances: each row gets -$NODE_APP_INSTANCE.
-    // {
-    //   name: 'crawler', script: 'heartbeat-sidecar', interpreter: 'none', instances: 4,
-    //   args: ['run', '--name', 'crawler', '--instance-suffix', '--', 'node', 'crawler.mjs'],
-    // },
-  ],
-};
+// It works from any directory: heartbeat-sidecar is found on PATH, the worker
+// next to this file.
+//
+// PM2 passes the environment you run `pm2 start` in to the app: set
+// SUPABASE_URL and SUPABASE_SECRET_KEY there (or in a file you source and do
+// not commit). Without them the rows go to the local store: see them with
+// `heartbeat-sidecar status`. Other settings: HP_* (docs/sidecar.md).
+const fs = require('node:fs');
+const path = require('node:path');
+
+// PM2 looks for `script` in its working directory before PATH: from the
+// repository root a bare 'heartbeat-sidecar' is the crate's folder, which
+// fails to spawn (EACCES) while PM2 shows `online`. So resolve it here.
+function onPath(command) {
+  for (const dir of (process.env.PATH || '').split(path.delimiter)) {
+    if (!path.isAbsolute(dir)) continue; // '' or '.' is the working directory: the same trap
+    const file = path.join(dir, command);
+    try {
+      fs.accessSync(file, fs.constants.X_OK);
+      if (fs.statSync(file).isFile()) return file;
+    } catch {
+      // not in this directory
+    }
+  }
+  throw new Error(
+    `${command} is not on PATH (${process.env.PATH}): install it ` +
+      '(README.md, "Any other worker: the sidecar") or add its directory to PATH, then pm2 start again',
+  );
+}
+
+const apps = [
+  {
+    name: 'roundtable-worker',
+    script: onPath('heartbeat-sidecar'),
+    interpreter: 'none', // a native binary, not a Node script
+    // Fork mode only: cluster mode require()s the script into Node, so the
+    // binary never runs (PM2 restarts it in a loop, with empty logs). For N
+    // copies keep fork mode, add `instances: N` here and '--instance-suffix'
+    // after 'run': rows roundtable-worker-0, -1, ... (from NODE_APP_INSTANCE).
+    exec_mode: 'fork',
+    args: [
+      'run', '--name', 'roundtable-worker',
+      '--job-pattern', 'done$', '--error-pattern', '^ERROR',
+      '--', 'node', path.join(__dirname, 'worker.mjs'),
+    ],
+    // PM2 sends SIGINT on stop and SIGKILL 1.6 s later. The sidecar's final
+    // row goes out within its 1 s budget (HP_SHUTDOWN_BUDGET_MS).
+    kill_timeout: 1600,
+    // PM2's memory figure, and max_memory_restart, are the sidecar's own
+    // (a few MB), not the worker's: limit the worker with the sidecar's
+    // --max-memory SIZE instead (docs/sidecar.md).
+  },
+];
+
+for (const app of apps) {
+  if (/^cluster/.test(app.exec_mode || '')) {
+    throw new Error(
+      `${app.name}: exec_mode '${app.exec_mode}' cannot run heartbeat-sidecar (PM2's cluster mode ` +
+        "loads the script into Node, so the binary never starts): use exec_mode 'fork' with " +
+        "instances: N and '--instance-suffix'",
+    );
+  }
+}
+
+module.exports = { apps };

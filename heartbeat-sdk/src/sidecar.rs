@@ -7,6 +7,7 @@ pub use crate::beat::log_limit::LogLimiter;
 pub use crate::beat::probe::{ProcessProbe, ProcessSample, ProcessTree};
 pub use crate::config::env;
 pub use crate::config::target::{StoreChoice, Target};
+pub use crate::model::control::{ControlAnswer, ControlError, ControlRequest, PoolImpact, Verb};
 pub use crate::model::row::FinalState;
 pub use crate::model::text::{truncate_message, MAX_LAST_ERROR_BYTES};
 pub use crate::transport::sqlite::SqliteStore;

@@ -247,7 +247,7 @@ fn a_read_only_store_is_a_clear_error_and_the_worker_keeps_running() {
             && std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).is_ok()
     };
     if !made_read_only {
-        eprintln!("SKIPPED: cannot make a file read-only here (no chattr as root)");
+        hp_heartbeat_tests::skip::loudly("cannot make a file read-only here (no chattr as root)");
         return;
     }
     let undo = || {

@@ -1,183 +1,462 @@
-//! The PM2 story, end to end with real PM2: `pm2 start` the sidecar wrapping
-//! the Node example worker, see `running`; `pm2 stop`, see `stopped` before
-//! PM2's kill timeout; `pm2 delete`.
+//! The PM2 story with real PM2 and the shipped
+//! `examples/node/ecosystem.config.js`, started unchanged the way its first
+//! lines say: `pm2 start examples/node/ecosystem.config.js` from the
+//! repository root. The test's sidecar is first on PATH (the file finds the
+//! binary there) and `HP_STORE` names a temp store: PM2 hands the CLI's
+//! environment to the app, so the rows landing there prove that too.
 //!
-//! PM2 comes from `$HP_PM2_DIR/node_modules/.bin/pm2` (what `.ci/run`
-//! installs), else it is installed from the npm registry into a temp dir.
-//! Skipped loudly without node or npm; failed instead when `HP_REQUIRE_PM2=1`.
+//! PM2 is `$HP_PM2_DIR/node_modules/.bin/pm2` (default
+//! `~/.cache/hp-heartbeat/pm2`, where docs/development.md's setup line and
+//! `.ci/run` put it), else `pm2` on PATH. Without it every test here is
+//! skipped loudly, or fails when `HP_REQUIRE_PM2=1`.
 
 mod common;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use heartbeat_sdk::sidecar::SqliteStore;
 use heartbeat_sdk::StatusRow;
+use hp_heartbeat_tests::eventually::{eventually, poll_until};
+use serde_json::Value;
 
-fn skip(why: &str) -> Option<PathBuf> {
-    if std::env::var("HP_REQUIRE_PM2").as_deref() == Ok("1") {
-        panic!("HP_REQUIRE_PM2=1 but {why}");
-    }
-    eprintln!("\n##### SKIPPED: PM2 test: {why} #####\n");
-    None
+const SIDECAR: &str = env!("CARGO_BIN_EXE_heartbeat-sidecar");
+const APP: &str = "roundtable-worker";
+/// PM2's `kill_timeout` in the shipped file.
+const KILL_TIMEOUT: Duration = Duration::from_millis(1600);
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo")
+        .to_path_buf()
 }
 
-fn pm2_binary(scratch: &Path) -> Option<PathBuf> {
-    if Command::new("node").arg("--version").output().is_err() {
-        return skip("node is not installed");
-    }
-    if let Some(dir) = std::env::var_os("HP_PM2_DIR") {
-        let bin = PathBuf::from(dir).join("node_modules/.bin/pm2");
-        if bin.exists() {
-            return Some(bin);
+fn ecosystem_file() -> PathBuf {
+    repo().join("examples/node/ecosystem.config.js")
+}
+
+/// The one place PM2 is looked for; `None` after a loud skip.
+fn pm2_binary() -> Option<PathBuf> {
+    let found = std::env::var_os("HP_PM2_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/hp-heartbeat/pm2")))
+        .map(|dir| dir.join("node_modules/.bin/pm2"))
+        .filter(|bin| bin.is_file())
+        .or_else(|| which("pm2"));
+    if found.is_none() {
+        let why = "PM2 is not installed: run the setup line in docs/development.md";
+        if std::env::var("HP_REQUIRE_PM2").as_deref() == Ok("1") {
+            panic!("HP_REQUIRE_PM2=1 but {why}");
         }
+        loud_skip(&format!("PM2 test: {why}"));
     }
-    let status = Command::new("npm")
-        .args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-            "--prefix",
-        ])
-        .arg(scratch)
-        .arg("pm2@7")
-        .status();
-    match status {
-        Ok(s) if s.success() => Some(scratch.join("node_modules/.bin/pm2")),
-        Ok(s) => skip(&format!("npm install pm2 failed ({s})")),
-        Err(e) => skip(&format!("npm is not available ({e})")),
-    }
+    found
 }
 
-/// A PM2 daemon of our own (PM2_HOME in a temp dir), killed on drop.
+fn which(command: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(command))
+        .find(|file| file.is_file())
+}
+
+/// A PM2 daemon of our own (`PM2_HOME` in a temp dir), killed on drop. Every
+/// command runs from the repository root, as the ecosystem file says.
 struct Pm2 {
     bin: PathBuf,
-    home: PathBuf,
+    scratch: tempfile::TempDir,
+    path: OsString,
+    // One PM2 at a time: a daemon starting, or the cluster test's restart
+    // loop, must not eat the stop test's 1.6 s.
+    _one_at_a_time: MutexGuard<'static, ()>,
 }
 
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 impl Pm2 {
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let out = Command::new(&self.bin)
-            .args(args)
-            .env("PM2_HOME", &self.home)
-            .output()
-            .expect("pm2");
-        assert!(
-            out.status.success(),
-            "pm2 {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    /// PM2 with the test's sidecar first on PATH.
+    fn start() -> Option<Pm2> {
+        let bin = pm2_binary()?;
+        let sidecar_dir = Path::new(SIDECAR).parent().expect("bin dir").to_path_buf();
+        let rest = std::env::var_os("PATH").unwrap_or_default();
+        let path =
+            std::env::join_paths(std::iter::once(sidecar_dir).chain(std::env::split_paths(&rest)))
+                .expect("PATH");
+        Some(Self::with_path(bin, path))
+    }
+
+    fn with_path(bin: PathBuf, path: OsString) -> Pm2 {
+        Pm2 {
+            bin,
+            scratch: tempfile::tempdir().expect("tmp"),
+            path,
+            // A test that failed holding it has already said so.
+            _one_at_a_time: ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn store(&self) -> PathBuf {
+        self.scratch.path().join("store.db")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .current_dir(repo())
+            .env("PM2_HOME", self.scratch.path().join("pm2-home"))
+            .env("PATH", &self.path)
+            .env("HP_STORE", self.store())
+            .env("HP_HEARTBEAT_INTERVAL_SECS", "1")
+            .env("NO_COLOR", "1");
+        // The app gets this environment: nothing from the developer's shell
+        // may send its rows elsewhere or rename it.
+        for var in [
+            "SUPABASE_URL",
+            "SUPABASE_SECRET_KEY",
+            "SUPABASE_SERVICE_ROLE_KEY",
+            "SUPABASE_SERVICE_KEY",
+            "HP_WORKER_NAME",
+            "HP_SUPABASE_SCHEMA",
+            "HP_SHUTDOWN_BUDGET_MS",
+            "NODE_APP_INSTANCE",
+            "STATE_DIRECTORY",
+        ] {
+            c.env_remove(var);
+        }
+        c
+    }
+
+    fn output(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run pm2")
+    }
+
+    /// Runs pm2 and insists it succeeded; its banners stay in the capture.
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.output(args);
+        assert!(out.status.success(), "pm2 {args:?} failed:\n{}", both(&out));
         out
+    }
+
+    /// `pm2 jlist`: one JSON object per process.
+    fn processes(&self) -> Vec<Value> {
+        let out = self.run(&["jlist"]);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("pm2 jlist is not JSON ({e}):\n{}", both(&out)))
+    }
+
+    fn row(&self, name: &str) -> Option<StatusRow> {
+        SqliteStore::new(self.store())
+            .read_all()
+            .ok()?
+            .into_iter()
+            .find(|r| r.worker_name == name)
+    }
+
+    fn wait_row(
+        &self,
+        name: &str,
+        within: Duration,
+        want: impl Fn(&StatusRow) -> bool,
+    ) -> StatusRow {
+        poll_until(within, || self.row(name).filter(|r| want(r))).unwrap_or_else(|| {
+            panic!(
+                "within {within:?}, no fitting row for {name}; last: {:?}\npm2 logs:\n{}",
+                self.row(name),
+                self.logs()
+            )
+        })
+    }
+
+    /// What PM2 logged for the apps, for failure messages.
+    fn logs(&self) -> String {
+        let dir = self.scratch.path().join("pm2-home/logs");
+        let mut all = String::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            all.push_str(&format!("== {}\n{text}", entry.path().display()));
+        }
+        all
     }
 }
 
 impl Drop for Pm2 {
     fn drop(&mut self) {
-        let _ = Command::new(&self.bin)
-            .arg("kill")
-            .env("PM2_HOME", &self.home)
-            .output();
+        let _ = self.output(&["kill"]);
     }
 }
 
-fn row(db: &Path, name: &str) -> Option<StatusRow> {
-    SqliteStore::new(db)
-        .read_all()
-        .ok()?
-        .into_iter()
-        .find(|r| r.worker_name == name)
+fn both(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
-fn wait_row(
-    db: &Path,
-    name: &str,
-    timeout: Duration,
-    want: impl Fn(&StatusRow) -> bool,
-) -> Option<StatusRow> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match row(db, name) {
-            Some(r) if want(&r) => return Some(r),
-            _ if Instant::now() > deadline => return row(db, name),
-            _ => std::thread::sleep(Duration::from_millis(50)),
-        }
+fn running_with_jobs(r: &StatusRow) -> bool {
+    r.status.as_deref() == Some("running") && r.jobs_processed.unwrap_or(0) > 0
+}
+
+fn cmdline(pid: i64) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// A copy of the shipped example (config and worker) with `edits` applied,
+/// each `(from, to)` found exactly once: what a user does to the file.
+fn edited_copy(dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(ecosystem_file()).expect("ecosystem file");
+    for (from, to) in edits {
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "{from:?} once in the shipped file"
+        );
+        text = text.replace(from, to);
     }
+    let copy = dir.join("ecosystem.config.js");
+    std::fs::write(&copy, text).expect("write copy");
+    std::fs::copy(
+        repo().join("examples/node/worker.mjs"),
+        dir.join("worker.mjs"),
+    )
+    .expect("worker");
+    copy
 }
 
 #[test]
-fn pm2_start_then_stop_reports_running_then_stopped_within_the_kill_timeout() {
-    let scratch = tempfile::tempdir().expect("tmp");
-    let Some(bin) = pm2_binary(scratch.path()) else {
+fn the_shipped_ecosystem_file_reports_running_then_stopped_within_the_kill_timeout() {
+    let Some(pm2) = Pm2::start() else {
         return;
     };
-    let pm2 = Pm2 {
-        bin,
-        home: scratch.path().join("pm2-home"),
-    };
-    let db = scratch.path().join("store.db");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo")
-        .to_path_buf();
-    let ecosystem = scratch.path().join("ecosystem.config.js");
-    std::fs::write(
-        &ecosystem,
-        format!(
-            r#"module.exports = {{ apps: [{{
-  name: "pm2-worker", script: {sidecar:?}, interpreter: "none", cwd: {repo:?},
-  args: ["run", "--name", "pm2-worker", "--job-pattern", "done$", "--error-pattern", "^ERROR", "--", "node", "examples/node/worker.mjs"],
-  autorestart: false, kill_timeout: 1600,
-  env: {{ HP_STORE: {db:?}, HP_HEARTBEAT_INTERVAL_SECS: "1" }}
-}}] }};"#,
-            sidecar = env!("CARGO_BIN_EXE_heartbeat-sidecar"),
-            repo = repo.display().to_string(),
-            db = db.display().to_string(),
-        ),
-    )
-    .expect("ecosystem");
+    pm2.run(&["start", "examples/node/ecosystem.config.js"]);
 
-    pm2.run(&["start", ecosystem.to_str().expect("utf8 path")]);
-    let running = wait_row(&db, "pm2-worker", Duration::from_secs(20), |r| {
-        r.status.as_deref() == Some("running") && r.jobs_processed.unwrap_or(0) > 0
-    })
-    .expect("a row");
-    assert_eq!(running.status.as_deref(), Some("running"), "{running:?}");
-    let pid = running.pid.expect("pid");
+    let running = pm2.wait_row(APP, Duration::from_secs(20), running_with_jobs);
+    let worker_pid = running.pid.expect("the worker's pid");
     assert!(
-        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
-            .unwrap_or_default()
-            .starts_with("node"),
-        "the row's pid is the Node worker"
+        cmdline(worker_pid).ends_with("examples/node/worker.mjs "),
+        "the row's pid is the Node example worker: {}",
+        cmdline(worker_pid)
     );
+    // PM2 runs our binary (found on PATH by the file, not the crate's
+    // folder), and watches the sidecar's pid, not the worker's: its memory
+    // column and max_memory_restart see the sidecar only.
+    let sidecar_pid = running
+        .metadata
+        .as_ref()
+        .and_then(|m| m["sidecar_pid"].as_i64());
+    let processes = pm2.processes();
+    let [app] = processes.as_slice() else {
+        panic!("one PM2 process, got {processes:?}");
+    };
+    assert_eq!(app["pm2_env"]["pm_exec_path"].as_str(), Some(SIDECAR));
+    assert_eq!(app["pm2_env"]["status"].as_str(), Some("online"));
+    assert_eq!(
+        app["pid"].as_i64(),
+        sidecar_pid,
+        "PM2's pid is the sidecar's"
+    );
+    assert_ne!(sidecar_pid, Some(worker_pid));
+
+    // docs/sidecar.md: a running app keeps its environment; `pm2 restart
+    // --update-env` hands it the CLI's current one.
+    let out = pm2
+        .command(&["restart", APP, "--update-env"])
+        .env("HP_WORKER_VERSION", "2.0.0")
+        .output()
+        .expect("pm2 restart");
+    assert!(
+        out.status.success(),
+        "pm2 restart --update-env:\n{}",
+        both(&out)
+    );
+    let running = pm2.wait_row(APP, Duration::from_secs(20), |r| {
+        running_with_jobs(r) && r.version.as_deref() == Some("2.0.0") && r.pid != Some(worker_pid)
+    });
+    let worker_pid = running.pid.expect("the new worker's pid");
 
     let t0 = chrono::Utc::now();
     let started = Instant::now();
-    pm2.run(&["stop", "pm2-worker"]);
+    pm2.run(&["stop", APP]);
     let took = started.elapsed();
-    let stopped = wait_row(&db, "pm2-worker", Duration::from_secs(3), |r| {
+    let stopped = pm2.wait_row(APP, Duration::from_secs(3), |r| {
         r.status.as_deref() != Some("running")
-    })
-    .expect("a row");
+    });
     assert_eq!(stopped.status.as_deref(), Some("stopped"), "{stopped:?}");
     let written = stopped.last_heartbeat.expect("time") - t0;
     assert!(
-        written < chrono::Duration::milliseconds(1600),
+        written.to_std().unwrap_or_default() < KILL_TIMEOUT,
         "final row {written:?} after pm2 stop: past PM2's kill timeout"
     );
     assert!(
-        took < Duration::from_millis(1600) + Duration::from_secs(1),
+        took < KILL_TIMEOUT + Duration::from_secs(1),
         "pm2 stop took {took:?}"
     );
-    assert!(stopped.jobs_processed.unwrap_or(0) >= running.jobs_processed.unwrap_or(0));
-    assert!(!common::alive(pid as i32), "the worker is gone");
+    assert!(stopped.jobs_processed >= running.jobs_processed);
+    assert!(!common::alive(worker_pid as i32), "the worker is gone");
 
-    pm2.run(&["delete", "pm2-worker"]);
-    let list = pm2.run(&["jlist"]);
+    pm2.run(&["delete", APP]);
+    assert!(pm2.processes().is_empty(), "deleted");
+}
+
+#[test]
+fn without_the_sidecar_on_path_pm2_start_fails_saying_so() {
+    let Some(bin) = pm2_binary() else {
+        return;
+    };
+    // Only node on PATH (pm2 is a node script): no heartbeat-sidecar, even
+    // one installed next to node in /usr/bin.
+    let only_node = tempfile::tempdir().expect("tmp");
+    let node = which("node").expect("node on PATH");
+    std::os::unix::fs::symlink(node, only_node.path().join("node")).expect("symlink");
+    let pm2 = Pm2::with_path(bin, only_node.path().as_os_str().to_owned());
+
+    let out = pm2.output(&["start", "examples/node/ecosystem.config.js"]);
     assert!(
-        !String::from_utf8_lossy(&list.stdout).contains("pm2-worker"),
-        "deleted"
+        !out.status.success(),
+        "pm2 start succeeded:\n{}",
+        both(&out)
     );
+    assert!(
+        both(&out).contains("heartbeat-sidecar is not on PATH"),
+        "{}",
+        both(&out)
+    );
+    assert!(pm2.processes().is_empty(), "nothing started");
+}
+
+/// What a user meets in cluster mode without the file's guard: PM2 loads
+/// the script into Node with require(), a native binary is a syntax error
+/// there, and PM2 restarts it in a loop with empty logs. The sidecar never
+/// runs: its worker (which would run even with a broken store) leaves no trace.
+#[test]
+fn in_cluster_mode_pm2_never_runs_the_binary() {
+    let Some(pm2) = Pm2::start() else {
+        return;
+    };
+    let marker = pm2.scratch.path().join("the-worker-ran");
+    let config = pm2.scratch.path().join("cluster.config.js");
+    let app = serde_json::json!({
+        "name": "clustered", "script": SIDECAR, "interpreter": "none", "exec_mode": "cluster",
+        "args": ["run", "--name", "clustered", "--", "touch", marker],
+    });
+    std::fs::write(&config, format!("module.exports = {{ apps: [{app}] }};")).expect("config");
+    pm2.run(&["start", config.to_str().expect("utf8")]);
+
+    let restarts = eventually(Duration::from_secs(30), "PM2 restarting the app", || {
+        let p = pm2.processes().pop()?;
+        let n = p["pm2_env"]["restart_time"].as_u64()?;
+        (n >= 3).then_some(n)
+    });
+    assert_eq!(
+        pm2.processes()[0]["pm2_env"]["exec_mode"].as_str(),
+        Some("cluster_mode")
+    );
+    assert!(!marker.exists(), "the worker ran after {restarts} restarts");
+    assert!(pm2.row("clustered").is_none(), "a row was written");
+    assert!(
+        !pm2.logs().contains("heartbeat-sidecar"),
+        "the sidecar logged:\n{}",
+        pm2.logs()
+    );
+}
+
+#[test]
+fn the_shipped_file_set_to_cluster_mode_refuses_with_a_clear_error() {
+    let Some(pm2) = Pm2::start() else {
+        return;
+    };
+    let copy = edited_copy(
+        pm2.scratch.path(),
+        &[("exec_mode: 'fork'", "exec_mode: 'cluster'")],
+    );
+    let out = pm2.output(&["start", copy.to_str().expect("utf8")]);
+    assert!(
+        !out.status.success(),
+        "pm2 start succeeded:\n{}",
+        both(&out)
+    );
+    let said = both(&out);
+    assert!(
+        said.contains("exec_mode 'cluster' cannot run heartbeat-sidecar")
+            && said.contains("use exec_mode 'fork' with instances: N and '--instance-suffix'"),
+        "{said}"
+    );
+    assert!(pm2.processes().is_empty(), "nothing started");
+}
+
+/// The file's comment: add `instances: N` and '--instance-suffix' after 'run'.
+#[test]
+fn instances_in_fork_mode_with_the_instance_suffix_report_one_row_each() {
+    let Some(pm2) = Pm2::start() else {
+        return;
+    };
+    let copy = edited_copy(
+        pm2.scratch.path(),
+        &[
+            ("exec_mode: 'fork',", "exec_mode: 'fork', instances: 2,"),
+            ("'run', '--name'", "'run', '--instance-suffix', '--name'"),
+        ],
+    );
+    pm2.run(&["start", copy.to_str().expect("utf8")]);
+
+    let first = pm2.wait_row(
+        "roundtable-worker-0",
+        Duration::from_secs(20),
+        running_with_jobs,
+    );
+    let second = pm2.wait_row(
+        "roundtable-worker-1",
+        Duration::from_secs(20),
+        running_with_jobs,
+    );
+    assert_ne!(first.pid, second.pid);
+    let modes: Vec<_> = pm2
+        .processes()
+        .iter()
+        .map(|p| {
+            p["pm2_env"]["exec_mode"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(modes, ["fork_mode", "fork_mode"]);
+    assert!(pm2.row(APP).is_none(), "no unsuffixed row");
+
+    pm2.run(&["delete", APP]);
+    for name in ["roundtable-worker-0", "roundtable-worker-1"] {
+        let last = pm2.wait_row(name, Duration::from_secs(3), |r| {
+            r.status.as_deref() != Some("running")
+        });
+        assert_eq!(last.status.as_deref(), Some("stopped"), "{last:?}");
+    }
+}
+
+/// docs/development.md's PM2 setup line is the one `.ci/run` runs, so the
+/// place this test looks for PM2 is where both put it.
+#[test]
+fn the_documented_pm2_setup_line_is_the_one_ci_runs() {
+    let docs = std::fs::read_to_string(repo().join("docs/development.md")).expect("docs");
+    let ci = std::fs::read_to_string(repo().join(".ci/run")).expect(".ci/run");
+    let line = docs
+        .lines()
+        .find(|l| l.starts_with("npm install") && l.contains("pm2@"))
+        .expect("a PM2 setup line in docs/development.md");
+    assert!(
+        ci.lines().any(|l| l.trim_start().ends_with(line)),
+        ".ci/run does not run {line:?}"
+    );
+    assert!(line.contains("~/.cache/hp-heartbeat/pm2 "), "{line}");
+}
+
+/// Says a test was skipped on the real stderr: `eprintln!` inside a test is
+/// captured by the harness and shown only when the test fails, so a skip
+/// would pass in silence.
+fn loud_skip(what: &str) {
+    hp_heartbeat_tests::skip::loudly(what);
 }

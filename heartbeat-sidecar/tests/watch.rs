@@ -33,10 +33,10 @@ impl Tmux {
 
     fn start(command: &str) -> Option<Tmux> {
         if Command::new("tmux").arg("-V").output().is_err() {
-            if std::env::var("HP_REQUIRE_TMUX").as_deref() == Ok("1") {
-                panic!("HP_REQUIRE_TMUX=1 but tmux is not installed");
-            }
-            eprintln!("\n##### SKIPPED: tmux is not installed, so the --watch view was not tested #####\n");
+            hp_heartbeat_tests::skip::or_require(
+                "TMUX",
+                "tmux is not installed, so the --watch view was not tested",
+            );
             return None;
         }
         let tmux = Tmux {

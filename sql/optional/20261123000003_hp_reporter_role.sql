@@ -3,7 +3,8 @@
 -- A worker gets a JWT signed with the project's JWT secret whose claims are
 --   {"role": "hp_reporter", "worker_name": "<its name>", "exp": ...}
 -- and may then insert, update and read only the row of that name, and only
--- the columns a reporter writes. It cannot read other workers or delete.
+-- the columns a reporter writes, and read only its own control row. It
+-- cannot read other workers or delete.
 
 do $$
 begin
@@ -49,6 +50,30 @@ begin
   if not exists (select 1 from pg_policies where schemaname = 'public'
                  and tablename = 'hp_worker_status' and policyname = 'hp_reporter_update_own') then
     execute format('create policy hp_reporter_update_own on public.hp_worker_status for update to hp_reporter using (%1$s) with check (%1$s)', own);
+  end if;
+end
+$$;
+
+-- Control (sql/20261124000001_hp_control.sql): the reporter also writes the
+-- columns a worker reports about control, and reads its own control row
+-- (the poll). Skipped until that migration has run; it grants the same when
+-- it finds this role, so either order works.
+do $$
+begin
+  if exists (select 1 from pg_attribute where attrelid = 'public.hp_worker_status'::regclass
+             and attname = 'control_generation' and not attisdropped) then
+    grant insert (pool, state, control_generation, controls),
+          update (pool, state, control_generation, controls)
+      on table public.hp_worker_status to hp_reporter;
+  end if;
+  if to_regclass('public.hp_worker_control') is not null then
+    grant select on table public.hp_worker_control to hp_reporter;
+    if not exists (select 1 from pg_policies where schemaname = 'public'
+                   and tablename = 'hp_worker_control' and policyname = 'hp_reporter_read_own_control') then
+      create policy hp_reporter_read_own_control on public.hp_worker_control
+        for select to hp_reporter
+        using (worker_name = (select auth.jwt() ->> 'worker_name'));
+    end if;
   end if;
 end
 $$;

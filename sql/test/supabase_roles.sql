@@ -45,3 +45,10 @@ as $$
 $$;
 
 grant execute on function auth.jwt(), auth.role() to anon, authenticated, service_role;
+
+-- The part of Supabase Auth's users table the docs' snippets touch.
+create table if not exists auth.users (
+  id                uuid primary key,
+  email             text unique,
+  raw_app_meta_data jsonb default '{}'::jsonb
+);

@@ -1,8 +1,10 @@
 //! Helpers for every test package: waiting on conditions, a real
-//! PostgreSQL, the SQL PostgREST would run for a request, and a misbehaving
-//! PostgREST (`chaos`).
+//! PostgreSQL, the SQL PostgREST would run for a request, the control
+//! scenarios every store must pass, and a misbehaving PostgREST (`chaos`).
 
 pub mod chaos;
+pub mod control_scenarios;
 pub mod eventually;
 pub mod pg;
 pub mod postgrest_sql;
+pub mod skip;

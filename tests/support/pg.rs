@@ -32,13 +32,9 @@ pub fn server() -> Option<&'static Postgres> {
     match SERVER.get_or_init(start) {
         Ok(pg) => Some(pg),
         Err(why) => {
-            if std::env::var("HP_REQUIRE_DB").as_deref() == Ok("1") {
-                panic!("HP_REQUIRE_DB=1 but no PostgreSQL for the tests: {why}");
-            }
-            eprintln!(
-                "\n########## SKIPPED: database tests ##########\n{why}\n\
-                 Install PostgreSQL (apt-get install postgresql) or set HP_TEST_DATABASE_URL.\n\
-                 ##############################################\n"
+            crate::skip::or_require(
+                "DB",
+                &format!("no PostgreSQL for the database tests ({why}): install PostgreSQL (apt-get install postgresql) or set HP_TEST_DATABASE_URL"),
             );
             None
         }
@@ -98,10 +94,18 @@ fn start() -> Result<Postgres, String> {
             "--locale=C",
             "--no-sync",
         ]))?;
-    let options = format!(
+    let mut options = format!(
         "-c listen_addresses='' -k {} -p 5432 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50",
         dir.display()
     );
+    // pg_cron only when installed (postgresql-15-cron): it must be preloaded
+    // at start, and keeps its jobs in one database, made below.
+    let cron = pg_cron_installed(&bin);
+    if cron {
+        options.push_str(&format!(
+            " -c shared_preload_libraries=pg_cron -c cron.database_name={CRON_DATABASE} -c cron.use_background_workers=on"
+        ));
+    }
     sh(run_as_server(&bin.join("pg_ctl"))
         .arg("-D")
         .arg(&data)
@@ -109,7 +113,7 @@ fn start() -> Result<Postgres, String> {
         .arg(dir.join("server.log"))
         .args(["-w", "start"]))?;
     watch_and_clean_up(&bin, &dir, &data, as_root)?;
-    Ok(Postgres {
+    let pg = Postgres {
         admin_args: vec![
             "-h".into(),
             dir.display().to_string(),
@@ -121,7 +125,19 @@ fn start() -> Result<Postgres, String> {
             "postgres".into(),
         ],
         roles_lock: Mutex::new(()),
-    })
+    };
+    if cron {
+        pg.run(None, &format!("create database \"{CRON_DATABASE}\";"))?;
+    }
+    Ok(pg)
+}
+
+/// The database pg_cron keeps its jobs in, on the tests' own cluster.
+const CRON_DATABASE: &str = "hp_cron";
+
+fn pg_cron_installed(bin: &Path) -> bool {
+    bin.parent()
+        .is_some_and(|v| v.join("lib").join("pg_cron.so").is_file())
 }
 
 /// A detached shell that stops the cluster and removes its directory once
@@ -216,30 +232,43 @@ impl Postgres {
         db
     }
 
-    fn run(&self, db: Option<&str>, sql: &str) -> SqlResult {
-        self.run_with_notices(db, sql).map(|(out, _)| out)
+    /// The database where pg_cron runs (its `cron.database_name`), with
+    /// Supabase's roles, or why there is none: pg_cron is not preloaded.
+    pub fn cron_database(&self) -> Result<Database<'_>, String> {
+        let name = self
+            .run(None, "select current_setting('cron.database_name', true);")?
+            .trim()
+            .to_owned();
+        if name.is_empty() {
+            return Err("pg_cron is not loaded (install postgresql-15-cron; the tests' cluster preloads it when present)".into());
+        }
+        let db = Database { server: self, name };
+        let _roles = self.roles_lock.lock().unwrap_or_else(|e| e.into_inner());
+        db.apply_file(&repo_root().join("sql/test/supabase_roles.sql"))?;
+        Ok(db)
     }
 
-    /// Runs a script; on success, its output and what psql printed on
-    /// stderr (NOTICEs and WARNINGs).
-    fn run_with_notices(&self, db: Option<&str>, sql: &str) -> Result<(String, String), String> {
-        let mut child = Command::new("psql")
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-v",
-                "VERBOSITY=verbose",
-            ])
-            .args(&self.admin_args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("psql: {e}"))?;
+    fn psql(&self) -> Command {
+        let mut cmd = Command::new("psql");
+        cmd.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            "VERBOSITY=verbose",
+        ])
+        .args(&self.admin_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    }
+
+    fn run_capturing(&self, db: Option<&str>, sql: &str) -> Result<PsqlOutput, String> {
+        let mut child = self.psql().spawn().map_err(|e| format!("psql: {e}"))?;
         let mut script = String::new();
         if let Some(db) = db {
             script.push_str(&format!("\\connect {db}\n"));
@@ -251,13 +280,80 @@ impl Postgres {
                 .map_err(|e| format!("psql stdin: {e}"))?;
         }
         let out = child.wait_with_output().map_err(|e| format!("psql: {e}"))?;
-        if out.status.success() {
-            Ok((
-                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ))
+        Ok(PsqlOutput {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            success: out.status.success(),
+        })
+    }
+
+    fn run(&self, db: Option<&str>, sql: &str) -> SqlResult {
+        let out = self.run_capturing(db, sql)?;
+        if out.success {
+            Ok(out.stdout.trim().to_owned())
         } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            Err(out.stderr.trim().to_owned())
+        }
+    }
+}
+
+/// What one psql run printed, whether or not it failed.
+#[derive(Debug, Clone)]
+pub struct PsqlOutput {
+    /// Query results (`-A -t`: unaligned, tuples only).
+    pub stdout: String,
+    /// Errors and notices (`VERBOSITY=verbose`: `ERROR:  <SQLSTATE>: ...`).
+    pub stderr: String,
+    /// psql's exit status was 0.
+    pub success: bool,
+}
+
+/// A psql process held open on one database, fed SQL as the test goes (to
+/// hold a lock while other sessions queue behind it). Ends when finished or
+/// dropped; its session's locks go with it.
+#[derive(Debug)]
+pub struct Session {
+    child: Option<std::process::Child>,
+}
+
+impl Session {
+    /// Sends SQL; it runs as soon as psql reads it.
+    ///
+    /// # Errors
+    /// When psql has gone.
+    pub fn send(&mut self, sql: &str) -> Result<(), String> {
+        let stdin = self
+            .child
+            .as_mut()
+            .and_then(|c| c.stdin.as_mut())
+            .ok_or("psql session closed")?;
+        stdin
+            .write_all(sql.as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("psql session: {e}"))
+    }
+
+    /// Ends the session (end of input) and returns what it printed.
+    ///
+    /// # Errors
+    /// When psql cannot be waited for.
+    pub fn finish(mut self) -> Result<PsqlOutput, String> {
+        let mut child = self.child.take().ok_or("psql session closed")?;
+        drop(child.stdin.take());
+        let out = child.wait_with_output().map_err(|e| format!("psql: {e}"))?;
+        Ok(PsqlOutput {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            success: out.status.success(),
+        })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -275,12 +371,77 @@ impl Database<'_> {
         self.server.run(Some(&self.name), sql)
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A connection URL for this database (what a user puts in `DATABASE_URL`).
+    pub fn url(&self) -> String {
+        let arg = |flag: &str| {
+            self.server
+                .admin_args
+                .iter()
+                .position(|a| a == flag)
+                .and_then(|i| self.server.admin_args.get(i + 1))
+                .cloned()
+        };
+        match (arg("-h"), arg("-d")) {
+            (Some(host), _) => format!(
+                "postgresql:///{}?host={host}&port={}&user={}",
+                self.name,
+                arg("-p").unwrap_or_else(|| "5432".into()),
+                arg("-U").unwrap_or_else(|| "postgres".into())
+            ),
+            // HP_TEST_DATABASE_URL: the same server, this database.
+            (None, Some(url)) => match url.rsplit_once('/') {
+                Some((server, rest)) => {
+                    let query = rest
+                        .split_once('?')
+                        .map(|(_, q)| format!("?{q}"))
+                        .unwrap_or_default();
+                    format!("{server}/{}{query}", self.name)
+                }
+                None => url,
+            },
+            (None, None) => String::new(),
+        }
+    }
+
+    /// Runs a script as the admin user and returns everything psql printed,
+    /// also when a statement failed (the script decides with
+    /// `\\set ON_ERROR_STOP`).
+    ///
+    /// # Errors
+    /// When psql cannot be run.
+    pub fn sql_output(&self, sql: &str) -> Result<PsqlOutput, String> {
+        self.server.run_capturing(Some(&self.name), sql)
+    }
+
+    /// Opens a psql session on this database as the admin user.
+    ///
+    /// # Errors
+    /// When psql cannot be started.
+    pub fn session(&self) -> Result<Session, String> {
+        let child = self
+            .server
+            .psql()
+            .spawn()
+            .map_err(|e| format!("psql: {e}"))?;
+        let mut session = Session { child: Some(child) };
+        session.send(&format!("\\connect {}\n", self.name))?;
+        Ok(session)
+    }
+
     /// Runs a script as the admin user; returns what it printed as NOTICEs
     /// and WARNINGs.
     pub fn sql_with_notices(&self, sql: &str) -> SqlResult {
-        self.server
-            .run_with_notices(Some(&self.name), sql)
-            .map(|(_, notices)| notices)
+        let out = self.server.run_capturing(Some(&self.name), sql)?;
+        if out.success {
+            Ok(out.stderr.trim().to_owned())
+        } else {
+            Err(out.stderr.trim().to_owned())
+        }
     }
 
     /// Runs a file as the admin user.

@@ -2,6 +2,7 @@
 //! errors. No I/O here, and nothing here imports the other layers.
 
 pub(crate) mod clock;
+pub(crate) mod control;
 pub(crate) mod error;
 pub(crate) mod health;
 pub(crate) mod key;

@@ -3,6 +3,7 @@
 mod memory;
 pub(crate) mod postgrest;
 pub(crate) mod sqlite;
+pub(crate) mod sqlite_control;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -10,9 +10,11 @@ use rusqlite::{params_from_iter, Connection, OpenFlags};
 use serde_json::{Map, Value};
 
 use crate::model::clock::now_micros;
+use crate::model::control::{ControlAnswer, ControlError, ControlRequest};
 use crate::model::error::{ReadError, SendError};
 use crate::model::row::WorkerRow;
 use crate::model::status_row::StatusRow;
+use crate::transport::sqlite_control;
 use crate::transport::{ReadFuture, SendFuture, Transport};
 
 /// The table, with the Postgres migration's CHECKs. `last_heartbeat` and
@@ -46,10 +48,30 @@ create table if not exists hp_worker_status (
   updated_at text
 );";
 
+/// Columns later versions added, as `(name, definition)`: an older store
+/// file gains them in place, as the SQL migrations add theirs.
+const ADDED_COLUMNS: [(&str, &str); 5] = [
+    (
+        "pool",
+        "text not null default 'default' check (length(pool) between 1 and 128 and pool not glob '*[^A-Za-z0-9._:-]*')",
+    ),
+    (
+        "state",
+        "text check (state in ('active', 'paused', 'draining', 'restarting'))",
+    ),
+    ("control_generation", "integer check (control_generation >= 0)"),
+    (
+        "controls",
+        "text check (controls is null or (json_valid(controls) and json_type(controls) = 'object'))",
+    ),
+    // The store's clock when the current instance_id first wrote.
+    ("instance_since", "text"),
+];
+
 /// Columns stored as 0/1 that read back as JSON booleans.
 const BOOLEAN_COLUMNS: [&str; 1] = ["circuit_breaker_open"];
 /// Columns stored as JSON text that read back as JSON.
-const JSON_COLUMNS: [&str; 1] = ["metadata"];
+const JSON_COLUMNS: [&str; 2] = ["metadata", "controls"];
 
 /// A local SQLite store (WAL mode, busy timeout), opened on first use so a
 /// bad path is reported by the beat loop and never stops the worker.
@@ -109,6 +131,57 @@ impl SqliteStore {
             )
             .map(|_| ())
         })
+    }
+
+    /// Steers workers: `hp_control()`'s rule and effects on this store.
+    ///
+    /// # Errors
+    /// [`ControlError`] for bad input (nothing written) or a store that fails.
+    pub fn control(&self, request: &ControlRequest) -> Result<ControlAnswer, ControlError> {
+        self.with_raw_connection(|conn| sqlite_control::hp_control(conn, request, now_micros()))
+    }
+
+    /// Sets a pool's budget (`None` = keep): `hp_pool_set()` on this store.
+    ///
+    /// # Errors
+    /// [`ControlError`] for bad input (nothing written) or a store that fails.
+    pub fn pool_set(
+        &self,
+        pool: &str,
+        max_unavailable: Option<i64>,
+        min_available: Option<i64>,
+        protected: Option<bool>,
+        actor: Option<&str>,
+    ) -> Result<Value, ControlError> {
+        self.with_raw_connection(|conn| {
+            sqlite_control::pool_set(
+                conn,
+                pool,
+                max_unavailable,
+                min_available,
+                protected,
+                actor,
+                now_micros(),
+            )
+        })
+    }
+
+    fn with_raw_connection<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, ControlError>,
+    ) -> Result<T, ControlError> {
+        let mut slot = self
+            .connection
+            .lock()
+            .map_err(|_| ControlError::Store("local store lock poisoned".into()))?;
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(
+                open_for_writing(&self.path, self.create_parent)
+                    .map_err(|e| ControlError::Store(e.to_string()))?,
+            ),
+        };
+        f(conn)
     }
 
     /// Runs `f` on the writing connection, opened (and the table made) on first use.
@@ -261,8 +334,26 @@ fn prepare(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "cache_size", -64)?;
     // IMMEDIATE takes the write lock up front, so the table is created under
     // the busy timeout rather than failing when another writer got in between.
-    conn.execute_batch(&format!("begin immediate; {SCHEMA} commit;"))?;
-    Ok(conn)
+    conn.execute_batch("begin immediate")?;
+    let made = create_schema(&conn);
+    conn.execute_batch(if made.is_ok() { "commit" } else { "rollback" })?;
+    made.map(|()| conn)
+}
+
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    let existing: Vec<String> = conn
+        .prepare("select name from pragma_table_info('hp_worker_status')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, definition) in ADDED_COLUMNS {
+        if !existing.iter().any(|c| c == name) {
+            conn.execute_batch(&format!(
+                "alter table hp_worker_status add column {name} {definition}"
+            ))?;
+        }
+    }
+    conn.execute_batch(crate::transport::sqlite_control::SCHEMA)
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -279,13 +370,21 @@ fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
     let now = now_micros().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut columns: Vec<&str> = fields.keys().map(String::as_str).collect();
     let mut values: Vec<SqlValue> = fields.values().map(to_sql).collect();
-    columns.extend(["last_heartbeat", "updated_at"]);
-    values.extend([SqlValue::Text(now.clone()), SqlValue::Text(now)]);
+    columns.extend(["last_heartbeat", "updated_at", "instance_since"]);
+    values.extend([
+        SqlValue::Text(now.clone()),
+        SqlValue::Text(now.clone()),
+        SqlValue::Text(now),
+    ]);
     let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
     let updates: Vec<String> = columns
         .iter()
         .filter(|c| **c != "worker_name")
-        .map(|c| format!("{c} = excluded.{c}"))
+        .map(|c| match *c {
+            // The store's clock when this instance first wrote, as PostgreSQL's trigger keeps it.
+            "instance_since" => "instance_since = case when hp_worker_status.instance_id is excluded.instance_id then hp_worker_status.instance_since else excluded.instance_since end".to_owned(),
+            c => format!("{c} = excluded.{c}"),
+        })
         .collect();
     let sql = format!(
         "insert into hp_worker_status ({}) values ({}) on conflict(worker_name) do update set {}",

@@ -139,10 +139,10 @@ pub fn node_available() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        if std::env::var("HP_REQUIRE_NODE").as_deref() == Ok("1") {
-            panic!("HP_REQUIRE_NODE=1 but node is not installed");
-        }
-        eprintln!("\n##### SKIPPED: node is not installed, so this Node test did not run #####\n");
+        hp_heartbeat_tests::skip::or_require(
+            "NODE",
+            "node is not installed, so this Node test did not run",
+        );
     }
     ok
 }
