@@ -426,3 +426,79 @@ async fn retry_after_is_read_from_the_answer() {
     assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
     assert!(e.to_string().contains("after the 30 s it asked for"), "{e}");
 }
+
+/// A 500 with a 200 MiB body: at most a few KiB of it are read (the rest is
+/// left in the socket), so an outage like this never grows the worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_mib_error_body_is_not_read() {
+    use hp_heartbeat_tests::chaos::{ChaosServer, Mode};
+    let server = ChaosServer::start().await;
+    server.set(Mode::HugeBody {
+        bytes: 200 << 20,
+        chunk: 64 << 10,
+        pause: Duration::from_millis(1),
+    });
+    let e = Heartbeat::builder("w")
+        .url(server.uri())
+        .key(SECRET_KEY)
+        .check()
+        .await
+        .expect_err("a 500");
+    assert!(e.to_string().contains("HTTP 500"), "{e}");
+    let taken = hp_heartbeat_tests::eventually::eventually_async(
+        Duration::from_secs(10),
+        "the server saw the client leave",
+        || async {
+            let bodies = server.body_bytes_taken();
+            bodies.iter().all(|b| b.client_closed).then_some(bodies)
+        },
+    )
+    .await;
+    assert!(!taken.is_empty());
+    for body in taken {
+        // 8 KiB read; the kernel's receive buffer may have taken more.
+        assert!(
+            body.taken < 8 << 20,
+            "{} of {} bytes taken",
+            body.taken,
+            body.offered
+        );
+    }
+}
+
+/// A 429 asking for 30 s with a 1 s beat: one request per beat at most, no
+/// retries in between (the quiet is capped at one interval).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_with_retry_after_gets_no_retry_storm() {
+    use hp_heartbeat_tests::chaos::{ChaosServer, Mode};
+    let server = ChaosServer::start().await;
+    server.set(Mode::too_many_requests(30));
+    let hb = Heartbeat::builder("polite")
+        .url(server.uri())
+        .key(SECRET_KEY)
+        .interval(Duration::from_secs(1))
+        .handle_signals(false)
+        .start()
+        .expect("starts");
+    let posts = hp_heartbeat_tests::eventually::eventually_async(
+        Duration::from_secs(20),
+        "five beats",
+        || async {
+            let posts: Vec<_> = server
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "POST")
+                .collect();
+            (posts.len() >= 5).then_some(posts)
+        },
+    )
+    .await;
+    drop(hb);
+    for pair in posts.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(850),
+            "two requests {gap:?} apart inside Retry-After"
+        );
+    }
+}

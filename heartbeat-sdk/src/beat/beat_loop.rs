@@ -128,12 +128,23 @@ impl BeatLoop {
             if let Some(settle) = self.identity.settle_beat.filter(|_| next_beat == start) {
                 following = following.min(start + settle);
             }
+            let mut delivered = None;
             tokio::select! {
                 biased;
                 _ = stop.wait_for(Option::is_some) => break,
-                _ = self.beat(following) => {}
+                at = self.beat(following) => delivered = at,
             }
             next_beat = following;
+            // A retry that got through late in a beat is that beat: the next
+            // one is most of an interval after it, never right behind it.
+            if let Some(at) = delivered {
+                next_beat = next_beat.max(at + self.identity.interval.mul_f64(0.9));
+            }
+            // A server that asked for quiet past the next beat gets it; the
+            // beat after is an interval later (never two beats in a row).
+            if let Some(quiet) = self.quiet_until.take() {
+                next_beat = next_beat.max(quiet);
+            }
             tokio::select! {
                 biased;
                 _ = stop.wait_for(Option::is_some) => break,
@@ -148,11 +159,8 @@ impl BeatLoop {
     /// One beat: send, retrying what can be retried, and give up before the
     /// next beat is due (which sends a fresher row anyway). A server that
     /// asked for quiet (`Retry-After`) gets it, up to one interval.
-    async fn beat(&mut self, next_beat: Instant) {
+    async fn beat(&mut self, next_beat: Instant) -> Option<Instant> {
         self.note_breaker();
-        if let Some(until) = self.quiet_until.take() {
-            sleep_until(until).await;
-        }
         let base =
             (self.identity.interval / 20).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut backoff = Backoff::new(base, self.identity.interval / 4);
@@ -176,7 +184,7 @@ impl BeatLoop {
                         );
                     }
                     self.failed_beats = 0;
-                    return;
+                    return Some(started);
                 }
                 Err(e) => {
                     self.log_failure(&e);
@@ -198,6 +206,7 @@ impl BeatLoop {
             }
         }
         self.failed_beats += 1;
+        None
     }
 
     /// Two live reporters under one name overwrite each other's row: say so
@@ -492,31 +501,55 @@ pub(crate) mod tests {
         )
     }
 
-    /// Log lines written while `f` runs (on this thread).
+    /// Log lines written on this thread while the guard lives.
+    ///
+    /// One process-wide subscriber writes each event to its thread's buffer:
+    /// per-test (`set_default`) subscribers race with tracing's callsite
+    /// interest cache when tests run in parallel, and miss lines.
     pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    pub struct Capturing;
+    impl Drop for Capturing {
+        fn drop(&mut self) {
+            BUFFER.with(|b| b.borrow_mut().take());
+        }
+    }
+
     impl Logs {
-        pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        pub fn capture() -> (Logs, Capturing) {
+            static GLOBAL: std::sync::Once = std::sync::Once::new();
+            GLOBAL.call_once(|| {
+                let subscriber = tracing_subscriber::fmt()
+                    .with_writer(|| ThreadWriter)
+                    .with_ansi(false)
+                    .without_time()
+                    .finish();
+                let _ = tracing::subscriber::set_global_default(subscriber);
+            });
             let buffer = Arc::new(Mutex::new(Vec::new()));
-            let writer = {
-                let buffer = Arc::clone(&buffer);
-                move || LogWriter(Arc::clone(&buffer))
-            };
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(writer)
-                .with_ansi(false)
-                .without_time()
-                .finish();
-            (Logs(buffer), tracing::subscriber::set_default(subscriber))
+            BUFFER.with(|b| *b.borrow_mut() = Some(Arc::clone(&buffer)));
+            (Logs(buffer), Capturing)
         }
         pub fn lines(&self, containing: &str) -> usize {
             let text = String::from_utf8_lossy(&self.0.lock().expect("logs")).into_owned();
             text.lines().filter(|l| l.contains(containing)).count()
         }
     }
-    struct LogWriter(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for LogWriter {
+
+    /// Writes to the current thread's capture buffer, if it has one.
+    struct ThreadWriter;
+    impl std::io::Write for ThreadWriter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("logs").extend_from_slice(buf);
+            BUFFER.with(|b| {
+                if let Some(buffer) = b.borrow().as_ref() {
+                    buffer.lock().expect("logs").extend_from_slice(buf);
+                }
+            });
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -667,6 +700,32 @@ pub(crate) mod tests {
             (9..=11).contains(&times.len()),
             "capped at one interval: {times:?}"
         );
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(
+                gap >= Duration::from_secs(9),
+                "two beats in a row: {times:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_beat_after_a_quiet_period_is_an_interval_later() {
+        // Quiet asked for 0.95 of an interval, the server well again after it.
+        let transport = Scripted::new([
+            Step::Fail(rate_limited(Duration::from_millis(950))),
+            Step::Ok,
+        ]);
+        let start = Instant::now();
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(1), 10).run());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        task.abort();
+        let times = transport.times(start);
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(
+                gap >= Duration::from_millis(850),
+                "two beats in a row: {times:?}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
