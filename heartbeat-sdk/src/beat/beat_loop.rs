@@ -128,12 +128,11 @@ impl BeatLoop {
             if let Some(settle) = self.identity.settle_beat.filter(|_| next_beat == start) {
                 following = following.min(start + settle);
             }
-            let mut delivered = None;
-            tokio::select! {
+            let delivered = tokio::select! {
                 biased;
                 _ = stop.wait_for(Option::is_some) => break,
-                at = self.beat(following) => delivered = at,
-            }
+                at = self.beat(following) => at,
+            };
             next_beat = following;
             // A retry that got through late in a beat is that beat: the next
             // one is most of an interval after it, never right behind it.
