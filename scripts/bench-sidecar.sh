@@ -41,9 +41,14 @@ PY
     HP_HEARTBEAT_INTERVAL_SECS=1 "$bin" run --name rss-http -- sleep 60 2>/dev/null &
   http_pid=$!
   sleep 15   # 15 beats each
+  # The guard that ends the worker's process group with the sidecar: the
+  # sidecar's child that is not the worker (`sleep`).
+  guard_of() { for c in $(cat /proc/"$1"/task/*/children); do
+      [ "$(cat /proc/"$c"/comm)" != sleep ] && echo "$c"; done | head -n 1; }
   echo "sidecar RSS after 15 beats, wrapping sleep:"
   echo "  reporting to Supabase (HTTP client loaded): $(rss_split $http_pid)"
   echo "  reporting to the local SQLite store:        $(rss_split $local_pid)"
+  echo "  its process-group guard (a fork, pages shared until written): $(rss_split "$(guard_of $local_pid)")"
   ;;
 cpu)
   secs=${2:-600}
