@@ -133,11 +133,13 @@ impl BeatLoop {
                 _ = stop.wait_for(Option::is_some) => break,
                 at = self.beat(following) => at,
             };
+            let gap = following - next_beat;
             next_beat = following;
             // A retry that got through late in a beat is that beat: the next
-            // one is most of an interval after it, never right behind it.
+            // one is most of the gap after it, never right behind it. (The
+            // gap, not the interval: the settle beat stays two seconds out.)
             if let Some(at) = delivered {
-                next_beat = next_beat.max(at + self.identity.interval.mul_f64(0.9));
+                next_beat = next_beat.max(at + gap.mul_f64(0.9));
             }
             // A server that asked for quiet past the next beat gets it; the
             // beat after is an interval later (never two beats in a row).
@@ -589,6 +591,30 @@ pub(crate) mod tests {
             .map(|w| (w[1] - w[0]).as_millis())
             .collect();
         assert!(distinct.len() > 5, "jitter varies the gaps: {distinct:?}");
+    }
+
+    /// The sidecar's settle beat: the second beat two seconds after the first
+    /// (the child has loaded by then), then the interval again.
+    #[tokio::test(start_paused = true)]
+    async fn a_settle_beat_comes_two_seconds_after_the_first() {
+        let transport = Scripted::new([Step::Ok]);
+        let start = Instant::now();
+        let mut beats = beat_loop(transport.clone(), Duration::from_secs(30), 10);
+        beats.identity.settle_beat = Some(Duration::from_secs(2));
+        let task = tokio::spawn(beats.run());
+        tokio::time::sleep(Duration::from_secs(70)).await;
+        task.abort();
+        let times = transport.times(start);
+        assert_eq!(
+            &times[..2],
+            &[Duration::ZERO, Duration::from_secs(2)],
+            "{times:?}"
+        );
+        let gap = times[2] - times[1];
+        assert!(
+            gap >= Duration::from_secs(27) && gap <= Duration::from_secs(33),
+            "{times:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
