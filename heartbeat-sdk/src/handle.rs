@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::beat::beat_loop::{BeatLoop, Identity};
+use crate::beat::beat_loop::{BeatLoop, ControlPoll, Identity};
+use crate::beat::control_state::Question;
 use crate::beat::counters::Counters;
 use crate::beat::probe::OwnProcess;
 use crate::beat::shared::Shared;
 use crate::config::builder::HeartbeatBuilder;
 use crate::config::target::Target;
 use crate::model::clock::now_micros;
+use crate::model::desired::WorkerState;
 use crate::model::error::{ConfigError, ReadError, SendError};
 use crate::model::row::{FinalState, WorkerStatus};
+use crate::run::Run;
 use crate::transport::postgrest::PostgrestClient;
 use crate::transport::sqlite::SqliteStore;
 
@@ -75,6 +78,104 @@ impl Heartbeat {
         self.shared.counters.reset_circuit();
     }
 
+    /// True while an operator has paused this worker: take no new work.
+    /// (Finish the job in hand; the process stays up and keeps beating.)
+    pub fn should_pause(&self) -> bool {
+        self.shared.asked(Question::Pause);
+        self.shared.control.should_pause()
+    }
+
+    /// Blocks while paused; returns at once when not paused, and on resume,
+    /// a drain, a restart or shutdown.
+    pub fn wait_while_paused(&self) {
+        self.shared.asked(Question::Pause);
+        self.shared.control.wait_while_paused();
+    }
+
+    /// [`wait_while_paused`](Self::wait_while_paused) for async code.
+    pub async fn wait_while_paused_async(&self) {
+        self.shared.asked(Question::Pause);
+        self.shared.control.wait_while_paused_async().await;
+    }
+
+    /// True once a drain or restart was requested (or shutdown began):
+    /// finish the job in hand and return from `main` with
+    /// [`exit_code`](Self::exit_code).
+    pub fn should_exit(&self) -> bool {
+        self.shared.asked(Question::Exit);
+        self.shared.control.should_exit()
+    }
+
+    /// True once per run-now request (several before a look are one run).
+    pub fn run_now_requested(&self) -> bool {
+        self.shared.asked(Question::RunNow);
+        self.shared.control.take_run_now()
+    }
+
+    /// For a polling worker's loop: blocks until the next run is due and
+    /// returns true (at once the first time, then `interval` after the
+    /// previous return; at once on run-now, even while paused; never while
+    /// paused otherwise), or returns false when the worker should exit.
+    ///
+    /// ```no_run
+    /// # let hb = heartbeat_sdk::Heartbeat::builder("poller").start()?;
+    /// while hb.wait_for_next_run(std::time::Duration::from_secs(60)) {
+    ///     hb.run(|| Ok::<_, std::io::Error>(())).ok();
+    /// }
+    /// # Ok::<(), heartbeat_sdk::ConfigError>(())
+    /// ```
+    pub fn wait_for_next_run(&self, interval: Duration) -> bool {
+        for q in [Question::Pause, Question::Exit, Question::RunNow] {
+            self.shared.asked(q);
+        }
+        self.shared.control.wait_for_next_run(interval)
+    }
+
+    /// [`wait_for_next_run`](Self::wait_for_next_run) for async code.
+    pub async fn wait_for_next_run_async(&self, interval: Duration) -> bool {
+        for q in [Question::Pause, Question::Exit, Question::RunNow] {
+            self.shared.asked(q);
+        }
+        self.shared.control.wait_for_next_run_async(interval).await
+    }
+
+    /// The code `main` should end with: 75 (`EX_TEMPFAIL`) after a restart
+    /// request, so systemd restarts the unit (`RestartForceExitStatus=75`;
+    /// PM2 restarts any exit), otherwise success (a drained worker stays
+    /// down under systemd and comes back paused under PM2).
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        match self.shared.control.state() {
+            WorkerState::Restarting => std::process::ExitCode::from(RESTART_EXIT_CODE),
+            _ => std::process::ExitCode::SUCCESS,
+        }
+    }
+
+    /// Starts a run (one cycle of the work): the row says `running` at once,
+    /// then `succeeded` or `failed` when the returned guard says so.
+    /// Dropped unfinished, it counts as failed ("abandoned").
+    pub fn start_run(&self) -> Run {
+        Run::start(Some(Arc::clone(&self.shared)))
+    }
+
+    /// Runs `work` as a run: `Ok` succeeded, `Err` failed with its message
+    /// (which also counts as a failed job, feeding the breaker); a panic
+    /// counts as failed and goes on unwinding.
+    ///
+    /// # Errors
+    /// Whatever `work` returned.
+    pub fn run<T, E: std::fmt::Display>(
+        &self,
+        work: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let run = self.start_run();
+        let result = work();
+        match &result {
+            Ok(_) => run.succeeded(""),
+            Err(e) => run.failed(e),
+        }
+        result
+    }
+
     /// Sends the final `stopped` row and stops beating, blocking at most the
     /// shutdown budget. Returns true when the row was stored. Dropping the
     /// handle does the same; this says whether it worked.
@@ -98,6 +199,9 @@ impl Drop for Heartbeat {
         self.finish(FinalState::default());
     }
 }
+
+/// What a worker asked to restart exits with (`EX_TEMPFAIL`).
+pub(crate) const RESTART_EXIT_CODE: u8 = 75;
 
 /// Why [`HeartbeatBuilder::check`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -225,13 +329,20 @@ fn prepare(builder: HeartbeatBuilder) -> Result<BeatLoop, ConfigError> {
         reporter: valid.reporter,
         interval: valid.interval,
         settle_beat: valid.settle_beat,
+        pool: valid.pool,
+        max_run: valid.max_run,
     };
     let probe = valid.probe.unwrap_or_else(|| Box::new(OwnProcess::new()));
+    let control = valid.control.map(|source| ControlPoll {
+        source,
+        every: valid.control_poll,
+    });
     Ok(BeatLoop::new(
         shared,
         identity,
         valid.transport,
         probe,
         fastrand::Rng::new(),
-    ))
+    )
+    .with_control(control))
 }

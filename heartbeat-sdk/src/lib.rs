@@ -81,11 +81,13 @@ mod config;
 mod handle;
 mod model;
 pub mod read;
+mod run;
 #[doc(hidden)]
 pub mod sidecar;
 mod transport;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
 
 pub use config::builder::HeartbeatBuilder;
 pub use config::target::StoreSettings;
@@ -94,8 +96,10 @@ pub use model::error::{ConfigError, ReadError, SendError};
 pub use model::health::Health;
 pub use model::row::{WorkerRow, WorkerStatus};
 pub use model::status_row::StatusRow;
+pub use run::Run;
 pub use transport::{MemoryTransport, Transport};
 
+use beat::control_state::{ControlState, Question};
 use beat::shared::Shared;
 
 /// The process-wide reporter behind the free functions.
@@ -138,4 +142,57 @@ pub fn increment_error() {
     if let Some(shared) = GLOBAL.get() {
         shared.counters.job_failed();
     }
+}
+
+/// Control before [`start_heartbeat`]: always active, never exiting, so a
+/// library's loop runs the same with or without a reporter.
+static UNSTARTED: LazyLock<ControlState> = LazyLock::new(ControlState::default);
+
+/// The process-wide reporter's control, after noting that the code asked.
+fn control(questions: &[Question]) -> &'static ControlState {
+    match GLOBAL.get() {
+        Some(shared) => {
+            for q in questions {
+                shared.asked(*q);
+            }
+            &shared.control
+        }
+        None => &UNSTARTED,
+    }
+}
+
+/// [`Heartbeat::should_pause`] for the process-wide heartbeat; false before
+/// [`start_heartbeat`].
+pub fn should_pause() -> bool {
+    control(&[Question::Pause]).should_pause()
+}
+
+/// [`Heartbeat::should_exit`] for the process-wide heartbeat; false before
+/// [`start_heartbeat`].
+pub fn should_exit() -> bool {
+    control(&[Question::Exit]).should_exit()
+}
+
+/// [`Heartbeat::run_now_requested`] for the process-wide heartbeat; false
+/// before [`start_heartbeat`].
+pub fn run_now_requested() -> bool {
+    control(&[Question::RunNow]).take_run_now()
+}
+
+/// [`Heartbeat::wait_while_paused`] for the process-wide heartbeat; returns
+/// at once before [`start_heartbeat`].
+pub fn wait_while_paused() {
+    control(&[Question::Pause]).wait_while_paused();
+}
+
+/// [`Heartbeat::wait_for_next_run`] for the process-wide heartbeat; before
+/// [`start_heartbeat`] it only keeps the interval.
+pub fn wait_for_next_run(interval: Duration) -> bool {
+    control(&[Question::Pause, Question::Exit, Question::RunNow]).wait_for_next_run(interval)
+}
+
+/// [`Heartbeat::start_run`] for the process-wide heartbeat; before
+/// [`start_heartbeat`] the guard records nothing.
+pub fn start_run() -> Run {
+    run::Run::start(GLOBAL.get().map(Arc::clone))
 }

@@ -60,7 +60,8 @@ pub struct Reader {
 #[derive(Debug)]
 enum Source {
     Local(SqliteStore),
-    Supabase(PostgrestClient),
+    // Boxed: a client is much larger than a store path.
+    Supabase(Box<PostgrestClient>),
 }
 
 impl Reader {
@@ -73,10 +74,10 @@ impl Reader {
         let description = target.describe();
         let source = match target {
             Target::Local(path) => Source::Local(SqliteStore::new(path)),
-            Target::Supabase(config) => Source::Supabase(PostgrestClient::new(
+            Target::Supabase(config) => Source::Supabase(Box::new(PostgrestClient::new(
                 &config,
                 concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION")),
-            )?),
+            )?)),
         };
         Ok(Reader {
             source,

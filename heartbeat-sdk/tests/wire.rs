@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use heartbeat_sdk::{Heartbeat, SendError};
 use serde_json::Value;
-use wiremock::matchers::{header, headers, method, path, query_param};
+use wiremock::matchers::{body_string_contains, header, headers, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn builder(server: &MockServer, key: &str) -> heartbeat_sdk::HeartbeatBuilder {
@@ -67,12 +67,22 @@ fn assert_row_shape(row: &Value) {
         ("exit_code", "null"),
         ("exit_signal", "null"),
         ("heartbeat_interval_seconds", "number"),
+        ("pool", "string"),
+        ("state", "string"),
+        ("control_generation", "number"),
+        ("controls", "object"),
     ];
     let obj = row.as_object().expect("the body is one JSON object");
     let sent: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
-    let expected: BTreeSet<&str> = kinds.iter().map(|(k, _)| *k).collect();
+    // The generation applied is sent once the control row was read (never
+    // as null, which would erase the one the table has).
+    let expected: BTreeSet<&str> = kinds
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| *k != "control_generation" || sent.contains(k))
+        .collect();
     assert_eq!(sent, expected, "the body's keys");
-    for (key, kind) in kinds {
+    for (key, kind) in kinds.into_iter().filter(|(k, _)| expected.contains(k)) {
         let v = &obj[key];
         let ok = kind.split('|').any(|k| match k {
             "string" => v.is_string(),
@@ -369,8 +379,20 @@ async fn at_start_it_reads_its_own_row_once_then_beats() {
     let hb = builder(&server, SECRET_KEY).start().expect("starts");
     wait_for_requests(&server, 1, Duration::from_secs(5)).await;
     let got = server.received_requests().await.unwrap_or_default();
-    assert_eq!(got[0].method.as_str(), "GET", "the look comes first");
-    assert_eq!(got[1].method.as_str(), "POST");
+    let order: Vec<(&str, &str)> = got
+        .iter()
+        .take(3)
+        .map(|r| (r.method.as_str(), r.url.path()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("GET", TABLE_PATH),
+            ("GET", CONTROL_PATH),
+            ("POST", TABLE_PATH)
+        ],
+        "the look at its row, then at its control row, then the first beat"
+    );
     drop(hb);
     server.verify().await;
 }
@@ -501,4 +523,166 @@ async fn a_429_with_retry_after_gets_no_retry_storm() {
             "two requests {gap:?} apart inside Retry-After"
         );
     }
+}
+
+const CONTROL_PATH: &str = "/rest/v1/hp_worker_control";
+
+/// The control poll is one primary-key lookup: the exact request, the whole
+/// row the first time, then only a row with a newer generation (an empty
+/// answer while nothing changes); what it found is in the next beat.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_control_poll_asks_only_for_a_newer_generation() {
+    let (server, _) = accepting_server().await;
+    let poll = || {
+        Mock::given(method("GET"))
+            .and(path(CONTROL_PATH))
+            .and(query_param(
+                "select",
+                "desired,generation,restart_seq,run_now_seq,drain_seq",
+            ))
+            .and(query_param("worker_name", "eq.wire-worker"))
+            .and(header("apikey", SECRET_KEY))
+            .and(header("accept-profile", "public"))
+    };
+    poll()
+        .and(query_param("generation", "gt.4"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    poll()
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([
+            {"desired": "active", "generation": 4, "restart_seq": 1, "run_now_seq": 2, "drain_seq": 0}
+        ])))
+        .mount(&server)
+        .await;
+    let hb = builder(&server, SECRET_KEY)
+        .control_poll(Duration::from_millis(100))
+        .start()
+        .expect("starts");
+    let polls = hp_heartbeat_tests::eventually::eventually_async(
+        Duration::from_secs(10),
+        "three polls",
+        || async {
+            let got: Vec<_> = server
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.url.path() == CONTROL_PATH)
+                .collect();
+            (got.len() >= 3).then_some(got)
+        },
+    )
+    .await;
+    let generation = |r: &wiremock::Request| {
+        r.url
+            .query_pairs()
+            .find(|(k, _)| k == "generation")
+            .map(|(_, v)| v.into_owned())
+    };
+    assert_eq!(
+        generation(&polls[0]),
+        None,
+        "the first read takes the whole row"
+    );
+    for later in &polls[1..] {
+        assert_eq!(generation(later).as_deref(), Some("gt.4"));
+    }
+    let first_beat = body(&beats(&server).await[0]);
+    assert_eq!(first_beat["control_generation"], 4);
+    assert_eq!(first_beat["state"], "active");
+    assert!(
+        !hb.should_exit() && !hb.run_now_requested(),
+        "counters found at start are served"
+    );
+    drop(hb);
+}
+
+/// A project with only the first migration: no control table, no control
+/// or run columns. Every beat is still stored (without those columns) and
+/// the final row too; control is off, not a new way to fail.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_without_the_control_migration_still_takes_every_beat() {
+    let server = MockServer::start().await;
+    for (column, priority) in [
+        ("controls", 1),
+        ("pool", 2),
+        ("max_run_seconds", 3),
+        ("runs_total", 4),
+    ] {
+        Mock::given(method("POST"))
+            .and(body_string_contains(format!("\"{column}\"")))
+            .respond_with(postgrest_error(
+                400,
+                "PGRST204",
+                &format!("Could not find the '{column}' column of 'hp_worker_status' in the schema cache"),
+            ))
+            .with_priority(priority)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201))
+        .with_priority(10)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(CONTROL_PATH))
+        .respond_with(postgrest_error(
+            404,
+            "PGRST205",
+            "Could not find the table 'public.hp_worker_control' in the schema cache",
+        ))
+        .mount(&server)
+        .await;
+    let hb = builder(&server, SECRET_KEY)
+        .max_run(Duration::from_secs(60))
+        .start()
+        .expect("starts");
+    let no_new_columns = |b: &Value| {
+        ["pool", "controls", "max_run_seconds", "runs_total"]
+            .iter()
+            .all(|k| b.get(*k).is_none())
+    };
+    hp_heartbeat_tests::eventually::eventually_async(
+        Duration::from_secs(10),
+        "the first beat stored without the new columns",
+        || async {
+            beats(&server)
+                .await
+                .iter()
+                .map(body)
+                .any(|b| no_new_columns(&b))
+                .then_some(())
+        },
+    )
+    .await;
+    let run = hb.start_run();
+    run.succeeded("done");
+    assert!(hb.shutdown(), "the final row is stored");
+    let requests = server.received_requests().await.unwrap_or_default();
+    let stored: Vec<Value> = requests
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .map(body)
+        .filter(no_new_columns)
+        .collect();
+    assert!(
+        stored.len() >= 2,
+        "the first beat and the final row: {stored:?}"
+    );
+    let refused = requests
+        .iter()
+        .filter(|r| r.method.as_str() == "POST")
+        .count()
+        - stored.len();
+    assert!(
+        refused <= 2,
+        "one refusal per missing group, not per beat: {refused}"
+    );
+    assert_eq!(
+        stored.last().map(|b| b["status"].clone()),
+        Some("stopped".into())
+    );
 }

@@ -30,6 +30,15 @@ pub enum Command {
     /// Example: heartbeat-sidecar run --name orders -- node scripts/orders.mjs
     #[command(after_help = KEY_HELP)]
     Run(RunArgs),
+    /// Run a command once as a run, for cron and systemd timers; exit with its code.
+    ///
+    /// The run is recorded in the worker's row (started, succeeded or failed, how long,
+    /// the stderr tail). When operators have paused (disabled) the worker, the run is
+    /// skipped: one log line, exit 0.
+    ///
+    /// Example: heartbeat-sidecar once --name nightly-pnl --period 1d -- ./pnl.sh
+    #[command(after_help = KEY_HELP)]
+    Once(OnceArgs),
     /// Check the configuration: read the table, write a probe row and remove it; say what is wrong and how to fix it.
     ///
     /// No worker's row is touched. Exit codes: 0 all good, 1 the store refused, 2 configuration.
@@ -108,15 +117,37 @@ pub struct RunArgs {
     /// The worker's version, shown in the row.
     #[arg(long = "worker-version", env = env::WORKER_VERSION, value_name = "VERSION")]
     pub worker_version: Option<String>,
+    /// The worker's pool, written in its row: availability budgets are per pool.
+    #[arg(long, env = env::POOL, value_name = "POOL", default_value = env::DEFAULT_POOL)]
+    pub pool: String,
     /// Stop the worker gracefully when its whole process tree uses more than
     /// SIZE (e.g. 500M, 2G; K, M, G are powers of 1024), reported as such, and
     /// exit 1 so PM2 or systemd restart it: PM2's `max_memory_restart` sees
     /// only the sidecar's own few MiB.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_memory: Option<u64>,
-    /// How long a worker the sidecar stops has to exit after SIGTERM before SIGKILL.
+    /// How long a worker the sidecar stops (for a restart, drain, pause or
+    /// --max-memory) has to exit after --stop-signal before SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub stop_timeout: std::time::Duration,
+    /// The signal that asks the worker to stop gracefully (TERM, INT, HUP, QUIT, USR1, USR2 or a number).
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = parse_signal)]
+    pub stop_signal: i32,
+    /// Pause the worker in place with this signal instead of stopping it
+    /// (STOP freezes it, TSTP or USR1 ask a worker that handles them); needs --resume-signal.
+    #[arg(long, value_name = "SIG", value_parser = parse_signal, requires = "resume_signal")]
+    pub pause_signal: Option<i32>,
+    /// The signal that resumes a worker paused with --pause-signal (e.g. CONT, USR2).
+    #[arg(long, value_name = "SIG", value_parser = parse_signal, requires = "pause_signal")]
+    pub resume_signal: Option<i32>,
+    /// Start the command once per DURATION (e.g. 60s, 5m) instead of keeping
+    /// it running; each start is a run (exit 0 succeeded, else failed). Never
+    /// two at once; paused, runs are skipped; run-now starts one at once.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub every: Option<std::time::Duration>,
+    /// A run longer than this reads as hung (e.g. 10m) [env: HP_MAX_RUN_SECS]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_run: Option<std::time::Duration>,
     /// Refuse to start the worker when reporting is misconfigured (exit 2).
     /// By default the worker runs anyway and the error is logged.
     #[arg(long)]
@@ -126,6 +157,17 @@ pub struct RunArgs {
     /// The worker command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct OnceArgs {
+    /// How often the job is expected to run (e.g. 1h, 1d): a missed run makes
+    /// the row stale after the usual grace (2.5 periods), as a healthchecks.io
+    /// check does. Up to 1 day.
+    #[arg(long, value_name = "DURATION", value_parser = parse_period)]
+    pub period: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +229,49 @@ pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
     }
     humantime::parse_duration(value)
         .map_err(|e| format!("{e}: use a duration such as 30s, 5m or 1h"))
+}
+
+fn parse_period(value: &str) -> Result<std::time::Duration, String> {
+    let period = parse_duration(value)?;
+    if period < std::time::Duration::from_secs(1) || period > std::time::Duration::from_secs(86_400)
+    {
+        return Err(format!(
+            "{value:?} is out of range: a period is 1s to 1d (86400 seconds)"
+        ));
+    }
+    Ok(period)
+}
+
+/// "TERM", "SIGTERM", "15": a signal a worker can be asked to handle.
+pub fn parse_signal(value: &str) -> Result<i32, String> {
+    let value = value.trim();
+    if let Ok(n) = value.parse::<i32>() {
+        if (1..=64).contains(&n) && n != libc::SIGKILL {
+            return Ok(n);
+        }
+        return Err(format!(
+            "{n} is not a signal to ask a worker with: use 1 to 64, not 9 (KILL)"
+        ));
+    }
+    let upper = value.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    Ok(match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "TSTP" => libc::SIGTSTP,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "WINCH" => libc::SIGWINCH,
+        _ => {
+            return Err(format!(
+                "{value:?} is not a signal name: use TERM, INT, HUP, QUIT, USR1, USR2, TSTP, STOP, CONT, WINCH or a number"
+            ))
+        }
+    })
 }
 
 /// "500M", "2G", "1.5GiB", "800000000": K, M, G (and KiB, MiB, GiB) are

@@ -58,7 +58,7 @@ impl GroupGuard {
         }
     }
 
-    /// Tells the guard which group to end.
+    /// Tells the guard which group to end (again for each new child).
     pub fn watch(&mut self, group: i32) {
         self.group = Some(group);
         if let Some(pipe) = &self.pipe {
@@ -90,6 +90,16 @@ impl GroupGuard {
     }
 }
 
+/// What a child stopped in place (a restart, a pause) left running in its
+/// group gets SIGTERM, so no helper outlives the child it served.
+pub fn end_leftovers(group: i32) {
+    if group > 1 && group_alive(group) {
+        tracing::info!("ending what the stopped worker left running in its process group");
+        // SAFETY: signals the stopped worker's own process group.
+        unsafe { libc::kill(-group, libc::SIGTERM) };
+    }
+}
+
 fn group_alive(group: i32) -> bool {
     // SAFETY: signal 0 only checks.
     unsafe { libc::kill(-group, 0) == 0 }
@@ -109,24 +119,24 @@ fn guard_main(read: i32, write: i32) -> ! {
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
             libc::signal(sig, libc::SIG_IGN);
         }
+        // Each write is one group id (4 bytes, atomic in a pipe): the
+        // latest is the worker's group now (a restart in place brings a new
+        // one). The pipe closing means the sidecar is gone.
+        let mut group = 0i32;
         let mut bytes = [0u8; 4];
         let mut got = 0;
-        while got < 4 {
+        loop {
             let n = libc::read(read, bytes.as_mut_ptr().add(got).cast(), 4 - got);
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
             if n <= 0 {
-                if n < 0 && *libc::__errno_location() == libc::EINTR {
-                    continue;
-                }
-                libc::_exit(0);
+                break;
             }
             got += n as usize;
-        }
-        let group = i32::from_ne_bytes(bytes);
-        let mut rest = [0u8; 16];
-        loop {
-            let n = libc::read(read, rest.as_mut_ptr().cast(), rest.len());
-            if n == 0 || (n < 0 && *libc::__errno_location() != libc::EINTR) {
-                break;
+            if got == 4 {
+                group = i32::from_ne_bytes(bytes);
+                got = 0;
             }
         }
         if group > 1 {

@@ -41,6 +41,7 @@ fn main() {
     let exit = runtime.block_on(async {
         match cli.command {
             cli::Command::Run(args) => run::run(args).await,
+            cli::Command::Once(args) => run::once(args).await,
             cli::Command::Check(args) => check::check(args).await,
             cli::Command::Status(args) => status::status(args).await,
         }

@@ -1,12 +1,15 @@
 //! `HP_SIDECAR_SOCKET`: a Unix socket the worker may write lines to, for
-//! exact counts: `job`, `error <message>`, `meta <key> <json>`.
+//! exact counts: `job`, `error <message>`, `meta <key> <json>`; and to ask:
+//! `state` is answered with one line, `active`, `paused`, `draining` or
+//! `restarting` (what operators want of it now), for a child that pauses
+//! itself. `progress` is accepted (it will count for the hung watchdog).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use heartbeat_sdk::sidecar::{truncate_message, LogLimiter};
+use heartbeat_sdk::sidecar::{self as hooks, truncate_message, LogLimiter};
 use heartbeat_sdk::Heartbeat;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// Longest accepted line; longer ones are dropped with a warning.
@@ -81,7 +84,8 @@ async fn serve_one(
     heartbeat: Arc<Heartbeat>,
     warnings: Arc<Mutex<LogLimiter>>,
 ) {
-    let mut reader = BufReader::with_capacity(8192, stream);
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::with_capacity(8192, read);
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
@@ -102,25 +106,32 @@ async fn serve_one(
         if ends_line {
             if too_long {
                 warn(&warnings, "long", "a line longer than 16 KiB was ignored");
-            } else {
-                apply(&line, &heartbeat, &warnings);
+            } else if let Some(answer) = apply(&line, &heartbeat, &warnings) {
+                // A worker that asks and then stops reading costs us nothing.
+                let _ = write.write_all(answer.as_bytes()).await;
             }
             line.clear();
             too_long = false;
         }
     }
     if !line.is_empty() && !too_long {
-        apply(&line, &heartbeat, &warnings);
+        if let Some(answer) = apply(&line, &heartbeat, &warnings) {
+            let _ = write.write_all(answer.as_bytes()).await;
+        }
     }
 }
 
-/// Applies one protocol line. Malformed lines are ignored with a warning.
-fn apply(line: &[u8], heartbeat: &Heartbeat, warnings: &Mutex<LogLimiter>) {
+/// Applies one protocol line; a question gets its answer, newline ended.
+/// Malformed lines are ignored with a warning.
+fn apply(line: &[u8], heartbeat: &Heartbeat, warnings: &Mutex<LogLimiter>) -> Option<String> {
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
     let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
     match word {
-        "" => {}
+        "state" if rest.trim().is_empty() => {
+            return Some(format!("{}\n", hooks::control_state(heartbeat).as_str()));
+        }
+        "" | "progress" => {}
         "job" if rest.trim().is_empty() => heartbeat.job_succeeded(),
         "error" => heartbeat.job_failed(rest.trim()),
         "meta" => {
@@ -141,11 +152,12 @@ fn apply(line: &[u8], heartbeat: &Heartbeat, warnings: &Mutex<LogLimiter>) {
             warnings,
             "unknown",
             &format!(
-                "ignored line: want `job`, `error <message>` or `meta <key> <json>`, got {:?}",
+                "ignored line: want `job`, `error <message>`, `meta <key> <json>`, `state` or `progress`, got {:?}",
                 truncate_message(text, 80)
             ),
         ),
     }
+    None
 }
 
 /// One line per kind per 5 minutes, saying how many were held back.

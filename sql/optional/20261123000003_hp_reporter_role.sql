@@ -77,3 +77,17 @@ begin
   end if;
 end
 $$;
+
+-- Runs (sql/20261125000001_hp_runs.sql): the same, for the run columns.
+do $$
+begin
+  if exists (select 1 from pg_attribute where attrelid = 'public.hp_worker_status'::regclass
+             and attname = 'runs_total' and not attisdropped) then
+    grant insert (run_state, run_started_at, run_finished_at, last_success_at, last_run_ms,
+                  runs_total, runs_failed, last_run_summary, max_run_seconds),
+          update (run_state, run_started_at, run_finished_at, last_success_at, last_run_ms,
+                  runs_total, runs_failed, last_run_summary, max_run_seconds)
+      on table public.hp_worker_status to hp_reporter;
+  end if;
+end
+$$;

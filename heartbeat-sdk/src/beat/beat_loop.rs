@@ -16,11 +16,12 @@ use crate::beat::log_limit::LogLimiter;
 use crate::beat::probe::{ProcessProbe, ProcessSample};
 use crate::beat::shared::Shared;
 use crate::model::clock::now_micros;
-use crate::model::error::SendError;
+use crate::model::desired::{DesiredControl, WorkerState};
+use crate::model::error::{ReadError, SendError};
 use crate::model::health::Health;
-use crate::model::row::{FinalState, WorkerRow, WorkerStatus};
+use crate::model::row::{FinalState, WorkerRow, WorkerStatus, CONTROL_COLUMNS, RUN_COLUMNS};
 use crate::model::text::fit_row;
-use crate::transport::Transport;
+use crate::transport::{ControlSource, Transport};
 
 /// What stays the same for the life of one reporter.
 #[derive(Debug, Clone)]
@@ -36,12 +37,34 @@ pub(crate) struct Identity {
     /// A second beat this soon after the first (the sidecar's child has
     /// loaded by then; its first sample came too early to mean much).
     pub settle_beat: Option<Duration>,
+    pub pool: String,
+    /// A run longer than this reads as hung.
+    pub max_run: Option<Duration>,
+}
+
+/// How the loop learns of control: where it reads the worker's control row
+/// and how often.
+pub(crate) struct ControlPoll {
+    pub source: Box<dyn ControlSource>,
+    /// Zero: only after beats.
+    pub every: Duration,
 }
 
 pub(crate) struct BeatLoop {
     pub shared: Arc<Shared>,
     pub identity: Identity,
     pub transport: Box<dyn Transport>,
+    /// `None`: this reporter obeys nothing (a transport given in code, or a
+    /// sidecar that cannot steer its child).
+    control: Option<ControlPoll>,
+    /// The table lacks the control columns (or the run columns): rows leave
+    /// them out, so an older migration never costs a beat.
+    lacks_control_columns: bool,
+    lacks_run_columns: bool,
+    /// The control table is missing: read only after beats until it appears.
+    control_table_missing: bool,
+    /// When the last send started: writes for a change are at most one a second.
+    last_send: Option<Instant>,
     probe: Box<dyn ProcessProbe>,
     rng: fastrand::Rng,
     /// One line per kind of failure per 5 minutes; a success does not reset
@@ -55,8 +78,20 @@ pub(crate) struct BeatLoop {
     quiet_until: Option<Instant>,
 }
 
+/// What ended a wait between beats.
+enum Woke {
+    Stop,
+    Beat,
+    Poll,
+    RowChanged,
+}
+
 /// How long the look at the row before the first beat may take.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one read of the control row may take.
+const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Writes for a change (a run, control applied) are at least this far apart.
+const CHANGE_WRITE_GAP: Duration = Duration::from_secs(1);
 
 /// Whether a process of this host with this pid is alive (a zombie, dead
 /// and not yet reaped, is not).
@@ -90,6 +125,11 @@ impl BeatLoop {
             transport,
             probe,
             rng,
+            control: None,
+            lacks_control_columns: false,
+            lacks_run_columns: false,
+            control_table_missing: false,
+            last_send: None,
             logs: LogLimiter::new(LOG_EVERY),
             failed_beats: 0,
             breaker_was_open: false,
@@ -112,6 +152,19 @@ impl BeatLoop {
         }
     }
 
+    /// Reads control from `poll` (without it the reporter obeys nothing).
+    pub fn with_control(mut self, poll: Option<ControlPoll>) -> Self {
+        self.control = poll;
+        self
+    }
+
+    /// The earliest a write for a change may go: now, or a second after the last send.
+    fn soonest_change_write(&self) -> Instant {
+        let now = Instant::now();
+        self.last_send
+            .map_or(now, |last| now.max(last + CHANGE_WRITE_GAP))
+    }
+
     pub async fn run(mut self) {
         tracing::info!(
             worker = %self.identity.worker_name,
@@ -120,10 +173,14 @@ impl BeatLoop {
             self.identity.interval.as_secs()
         );
         let mut stop = self.shared.subscribe_stop();
+        let shared = Arc::clone(&self.shared);
         let start = Instant::now();
         self.warn_if_the_name_is_taken().await;
+        // The first beat already says what control found at start.
+        self.read_control().await;
+        self.shared.control.first_read_done();
         let mut next_beat = start;
-        loop {
+        'beats: loop {
             let mut following = next_beat + jittered(self.identity.interval, self.rng.f64());
             if let Some(settle) = self.identity.settle_beat.filter(|_| next_beat == start) {
                 following = following.min(start + settle);
@@ -146,10 +203,38 @@ impl BeatLoop {
             if let Some(quiet) = self.quiet_until.take() {
                 next_beat = next_beat.max(quiet);
             }
-            tokio::select! {
-                biased;
-                _ = stop.wait_for(Option::is_some) => break,
-                _ = sleep_until(next_beat) => {}
+            // After each beat, and every poll period until the next, learn
+            // of control; a change, or a run starting or ending, is written
+            // at once (at most once a second), ahead of the next beat.
+            if self.read_control().await {
+                next_beat = next_beat.min(self.soonest_change_write());
+            }
+            loop {
+                let poll_every = self
+                    .control
+                    .as_ref()
+                    .map(|c| c.every)
+                    .filter(|every| !every.is_zero() && !self.control_table_missing);
+                let next_poll = poll_every.map(|every| Instant::now() + every);
+                // Decided first, acted on after: the branches' futures
+                // (one holds the stop channel's guard) end with the select.
+                let woke = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(Option::is_some) => Woke::Stop,
+                    _ = sleep_until(next_beat) => Woke::Beat,
+                    _ = sleep_until(next_poll.unwrap_or(next_beat)), if next_poll.is_some() => Woke::Poll,
+                    _ = shared.wait_row_changed() => Woke::RowChanged,
+                };
+                match woke {
+                    Woke::Stop => break 'beats,
+                    Woke::Beat => break,
+                    Woke::Poll => {
+                        if self.read_control().await {
+                            next_beat = next_beat.min(self.soonest_change_write());
+                        }
+                    }
+                    Woke::RowChanged => next_beat = next_beat.min(self.soonest_change_write()),
+                }
             }
         }
         let final_state = stop.borrow().clone().unwrap_or_default();
@@ -169,6 +254,7 @@ impl BeatLoop {
             // Rebuilt on every try: a newer snapshot replaces an older unsent one.
             let row = self.build_row(None);
             let started = Instant::now();
+            self.last_send = Some(started);
             let sent = match timeout_at(next_beat, self.transport.send(&row)).await {
                 Ok(result) => result,
                 Err(_) => Err(self.transport.timed_out(next_beat - started)),
@@ -186,6 +272,9 @@ impl BeatLoop {
                     }
                     self.failed_beats = 0;
                     return Some(started);
+                }
+                Err(e) if self.drop_columns_the_table_lacks(&e) => {
+                    // Sent again at once without them: not a failure of the server.
                 }
                 Err(e) => {
                     self.log_failure(&e);
@@ -242,6 +331,101 @@ impl BeatLoop {
         );
     }
 
+    /// A table older than the SDK (PGRST204 naming a control or run column):
+    /// rows leave that group out from now on, said once with the fix. True
+    /// when a group was dropped, so the row is worth sending again.
+    fn drop_columns_the_table_lacks(&mut self, e: &SendError) -> bool {
+        let SendError::UnknownColumn { message, .. } = e else {
+            return false;
+        };
+        let column = message
+            .split_once("the '")
+            .and_then(|(_, rest)| rest.split_once('\''))
+            .map(|(column, _)| column);
+        let Some(column) = column else {
+            return false;
+        };
+        let (flag, migration, what) = if CONTROL_COLUMNS.contains(&column) {
+            (
+                &mut self.lacks_control_columns,
+                "sql/20261124000001_hp_control.sql",
+                "pool and control state",
+            )
+        } else if RUN_COLUMNS.contains(&column) {
+            (
+                &mut self.lacks_run_columns,
+                "sql/20261125000001_hp_runs.sql",
+                "runs",
+            )
+        } else {
+            return false;
+        };
+        if *flag {
+            return false;
+        }
+        *flag = true;
+        tracing::warn!(
+            worker = %self.identity.worker_name,
+            "heartbeat: hp_worker_status has no column {column:?}: beats go on without the {what} columns; apply {migration} to report them"
+        );
+        true
+    }
+
+    /// Reads the worker's control row (after the first read, only a newer
+    /// one) and applies it. True when the row should show the change now.
+    /// Never fails the loop: a missing table is said once, other failures
+    /// at most once per kind per 5 minutes.
+    async fn read_control(&mut self) -> bool {
+        let Some(poll) = self.control.as_mut() else {
+            return false;
+        };
+        let name = self.identity.worker_name.clone();
+        let above = self.shared.control.applied_generation();
+        let read = timeout(CONTROL_READ_TIMEOUT, poll.source.read_control(&name, above)).await;
+        let found = match read {
+            Ok(Ok(found)) => found,
+            Ok(Err(ReadError::TableMissing { .. })) => {
+                if !self.control_table_missing {
+                    self.control_table_missing = true;
+                    tracing::warn!(
+                        worker = %name,
+                        "heartbeat: control is off: the table hp_worker_control is missing; beats go on; apply sql/20261124000001_hp_control.sql to steer workers (read again after each beat)"
+                    );
+                }
+                return false;
+            }
+            Ok(Err(e)) => {
+                self.log_control_failure(&e.to_string());
+                return false;
+            }
+            Err(_) => {
+                self.log_control_failure(&format!("no answer within {CONTROL_READ_TIMEOUT:?}"));
+                return false;
+            }
+        };
+        if self.control_table_missing {
+            self.control_table_missing = false;
+            tracing::info!(worker = %name, "heartbeat: the control table is there now: control is on");
+        }
+        match found {
+            Some(row) => self.shared.control.apply(row),
+            // No row at all: nobody asked anything yet.
+            None if above.is_none() => self.shared.control.apply(DesiredControl::default()),
+            None => false,
+        }
+    }
+
+    fn log_control_failure(&mut self, what: &str) {
+        if let Some(held) = self.logs.allow("control read", Instant::now()) {
+            let repeats = if held > 0 {
+                format!(" ({held} more since the last report)")
+            } else {
+                String::new()
+            };
+            tracing::warn!(worker = %self.identity.worker_name, "heartbeat: control row not read (beats go on): {what}{repeats}");
+        }
+    }
+
     /// Logs the breaker opening (once per transition, at most every 5 minutes).
     fn note_breaker(&mut self) {
         let open = self.shared.counters.circuit_open();
@@ -256,9 +440,26 @@ impl BeatLoop {
     }
 
     async fn send_final(&mut self, state: &FinalState) -> bool {
-        let row = self.build_row(Some(state));
         let budget = self.shared.shutdown_budget;
-        match timeout(budget, self.transport.send(&row)).await {
+        let deadline = Instant::now() + budget;
+        // A table older than the SDK refuses a column group: the same row
+        // without it, within the same budget (at most once per group).
+        let mut sent = None;
+        for _ in 0..3 {
+            let row = self.build_row(Some(state));
+            let result = timeout_at(deadline, self.transport.send(&row)).await;
+            match result {
+                Ok(Err(e)) if self.drop_columns_the_table_lacks(&e) => continue,
+                other => {
+                    sent = Some((row, other));
+                    break;
+                }
+            }
+        }
+        let Some((row, result)) = sent else {
+            return false;
+        };
+        match result {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(worker = %self.identity.worker_name, "heartbeat: final `{}` row not stored: {e}", row.status.as_str());
@@ -333,9 +534,66 @@ impl BeatLoop {
             exit_code: final_state.and_then(|f| f.exit_code),
             exit_signal: final_state.and_then(|f| f.exit_signal),
             heartbeat_interval_seconds: u32::try_from(id.interval.as_secs()).unwrap_or(u32::MAX),
+            pool: Some(id.pool.clone()),
+            state: None,
+            control_generation: None,
+            controls: None,
+            run_state: None,
+            run_started_at: None,
+            run_finished_at: None,
+            last_success_at: None,
+            last_run_ms: None,
+            runs_total: None,
+            runs_failed: None,
+            last_run_summary: None,
+            max_run_seconds: id.max_run.map(|d| d.as_secs()),
         };
+        self.fill_control(&mut row);
+        self.fill_runs(&mut row);
+        if self.lacks_control_columns {
+            row.without_control();
+        }
+        if self.lacks_run_columns {
+            row.without_runs();
+        }
         fit_row(&mut row);
         row
+    }
+
+    fn fill_control(&self, row: &mut WorkerRow) {
+        let control = &self.shared.control;
+        if self.control.is_none() {
+            // Says so, so operators are told before they ask.
+            row.controls = Some(
+                ["pause", "drain", "restart", "run_now"]
+                    .into_iter()
+                    .map(|verb| (verb.to_owned(), json!("no")))
+                    .collect(),
+            );
+            return;
+        }
+        let state = match control.state() {
+            exiting @ (WorkerState::Draining | WorkerState::Restarting) => exiting,
+            _ => control.reported_state(),
+        };
+        row.state = Some(state.as_str().to_owned());
+        row.control_generation = control.applied_generation();
+        row.controls = Some(control.controls());
+    }
+
+    fn fill_runs(&self, row: &mut WorkerRow) {
+        let runs = self.shared.runs.snapshot();
+        if !runs.any() {
+            return;
+        }
+        row.run_state = runs.state().map(str::to_owned);
+        row.run_started_at = runs.started_at;
+        row.run_finished_at = runs.finished_at;
+        row.last_success_at = runs.last_success_at;
+        row.last_run_ms = runs.last_run_ms;
+        row.runs_total = Some(runs.total);
+        row.runs_failed = Some(runs.failed);
+        row.last_run_summary = runs.summary;
     }
 }
 
@@ -492,6 +750,8 @@ pub(crate) mod tests {
             reporter: "test".into(),
             interval,
             settle_beat: None,
+            pool: "default".into(),
+            max_run: None,
         };
         BeatLoop::new(
             shared,
@@ -832,5 +1092,137 @@ pub(crate) mod tests {
         assert!(!shared.wait_done(Duration::ZERO), "not stored, and says so");
         let last = transport.rows().pop().expect("final row");
         assert_eq!(last.status, WorkerStatus::Stopped);
+    }
+
+    /// A control row in memory, read as the stores read theirs (only a
+    /// newer generation after the first read); records when it was read.
+    #[derive(Clone, Default)]
+    struct ScriptedControl {
+        row: Arc<Mutex<Option<DesiredControl>>>,
+        missing: bool,
+        reads: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl ControlSource for ScriptedControl {
+        fn read_control<'a>(
+            &'a mut self,
+            _worker: &'a str,
+            above: Option<i64>,
+        ) -> crate::transport::ControlFuture<'a> {
+            self.reads.lock().expect("reads").push(Instant::now());
+            let answer = if self.missing {
+                Err(ReadError::TableMissing {
+                    status: 404,
+                    code: "PGRST205".into(),
+                    message: "Could not find the table 'public.hp_worker_control'".into(),
+                })
+            } else {
+                Ok(self
+                    .row
+                    .lock()
+                    .expect("row")
+                    .filter(|r| above.is_none_or(|a| r.generation > a)))
+            };
+            Box::pin(std::future::ready(answer))
+        }
+    }
+
+    fn obeying(transport: Scripted, control: &ScriptedControl, poll: Duration) -> BeatLoop {
+        beat_loop(transport, Duration::from_secs(30), 10).with_control(Some(ControlPoll {
+            source: Box::new(control.clone()),
+            every: poll,
+        }))
+    }
+
+    /// A request made between beats is in a row within one poll period,
+    /// not at the next beat.
+    #[tokio::test(start_paused = true)]
+    async fn a_control_change_is_written_within_the_poll_period() {
+        let transport = Scripted::new([Step::Ok]);
+        let control = ScriptedControl::default();
+        let start = Instant::now();
+        let task = tokio::spawn(obeying(transport.clone(), &control, Duration::from_secs(5)).run());
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        *control.row.lock().expect("row") = Some(DesiredControl {
+            generation: 1,
+            restart_seq: 1,
+            ..DesiredControl::default()
+        });
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        task.abort();
+        let rows = transport.rows();
+        let times = transport.times(start);
+        assert_eq!(rows[0].state.as_deref(), Some("active"));
+        assert_eq!(
+            rows[0].control_generation,
+            Some(0),
+            "no row read as generation 0"
+        );
+        let applied = rows
+            .iter()
+            .position(|r| r.state.as_deref() == Some("restarting"))
+            .expect("the restart is in a row");
+        assert!(times[applied] <= Duration::from_secs(17), "{times:?}");
+        assert_eq!(rows[applied].control_generation, Some(1));
+        assert_eq!(applied, 1, "the row right after the first: {times:?}");
+    }
+
+    /// No control table (the migration not applied): said once, beats go
+    /// on, and the row is read only after beats, not every poll period.
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_control_table_is_said_once_and_costs_one_read_per_beat() {
+        let (logs, _guard) = Logs::capture();
+        let transport = Scripted::new([Step::Ok]);
+        let control = ScriptedControl {
+            missing: true,
+            ..ScriptedControl::default()
+        };
+        let task = tokio::spawn(obeying(transport.clone(), &control, Duration::from_secs(5)).run());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        task.abort();
+        let beats = transport.rows().len();
+        let reads = control.reads.lock().expect("reads").len();
+        assert!(beats >= 19, "beats go on: {beats}");
+        assert!(reads <= beats + 1, "{reads} reads for {beats} beats");
+        assert_eq!(logs.lines("control is off"), 1);
+        assert!(transport
+            .rows()
+            .iter()
+            .all(|r| r.control_generation.is_none()));
+    }
+
+    /// Changes (runs starting and ending, control applied) are written at
+    /// once but at most once a second, however many there are.
+    #[tokio::test(start_paused = true)]
+    async fn changes_are_written_at_most_once_a_second() {
+        let transport = Scripted::new([Step::Ok]);
+        let beats = beat_loop(transport.clone(), Duration::from_secs(30), 10);
+        let shared = Arc::clone(&beats.shared);
+        let start = Instant::now();
+        let task = tokio::spawn(beats.run());
+        for _ in 0..100 {
+            shared.runs.started();
+            shared.row_changed();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        task.abort();
+        let times = transport.times(start);
+        let within: Vec<_> = times
+            .iter()
+            .filter(|t| **t <= Duration::from_secs(7))
+            .collect();
+        assert!(within.len() >= 5 && within.len() <= 8, "{times:?}");
+        for gap in times.windows(2).map(|w| w[1] - w[0]) {
+            assert!(gap >= Duration::from_secs(1), "{times:?}");
+        }
+        assert_eq!(
+            transport
+                .rows()
+                .last()
+                .and_then(|r| r.run_state.clone())
+                .as_deref(),
+            Some("running")
+        );
     }
 }

@@ -4,8 +4,10 @@
 
 pub(crate) mod backoff;
 pub(crate) mod beat_loop;
+pub(crate) mod control_state;
 pub(crate) mod counters;
 pub(crate) mod log_limit;
 pub(crate) mod probe;
+pub(crate) mod runs;
 pub(crate) mod shared;
 pub(crate) mod signals;

@@ -1,19 +1,26 @@
 //! What the handle(s), the signal thread and the beat thread share: the
-//! counters, and the one-way road to the final row (stop requested -> final
-//! row sent -> done).
+//! counters, control, runs, and the one-way road to the final row (stop
+//! requested -> final row sent -> done).
 
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
+use crate::beat::control_state::{ControlState, Question};
 use crate::beat::counters::Counters;
+use crate::beat::runs::Runs;
 use crate::model::row::FinalState;
 
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub counters: Counters,
+    pub control: ControlState,
+    pub runs: Runs,
     pub shutdown_budget: Duration,
+    /// Something the row shows changed (a run started or ended, control
+    /// applied): the loop writes soon, at most once a second.
+    row_changed: Notify,
     stop: watch::Sender<Option<FinalState>>,
     done: Mutex<Option<bool>>,
     done_changed: Condvar,
@@ -23,7 +30,10 @@ impl Shared {
     pub fn new(counters: Counters, shutdown_budget: Duration) -> Self {
         Shared {
             counters,
+            control: ControlState::default(),
+            runs: Runs::default(),
             shutdown_budget,
+            row_changed: Notify::new(),
             stop: watch::channel(None).0,
             done: Mutex::new(None),
             done_changed: Condvar::new(),
@@ -34,8 +44,28 @@ impl Shared {
         self.stop.subscribe()
     }
 
+    /// Asks the loop for a write soon (coalesced, at most one a second).
+    pub fn row_changed(&self) {
+        self.row_changed.notify_one();
+    }
+
+    /// Resolves when [`row_changed`](Self::row_changed) was called (a call
+    /// before the wait counts).
+    pub async fn wait_row_changed(&self) {
+        self.row_changed.notified().await;
+    }
+
+    /// Notes that the worker's code asked `question`: the first time, the
+    /// row's `controls` changes and is written soon.
+    pub fn asked(&self, question: Question) {
+        if self.control.note_asked(question) {
+            self.row_changed();
+        }
+    }
+
     /// Asks the loop to send `state` as the final row; the first request wins.
     pub fn request_stop(&self, state: FinalState) {
+        self.control.stop();
         self.stop.send_if_modified(|slot| {
             if slot.is_none() {
                 *slot = Some(state);

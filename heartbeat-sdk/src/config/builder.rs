@@ -11,7 +11,7 @@ use crate::beat::probe::ProcessProbe;
 use crate::config::env;
 use crate::config::target::StoreSettings;
 use crate::model::error::ConfigError;
-use crate::transport::Transport;
+use crate::transport::{ControlSource, Transport};
 
 /// Configures and starts a [`Heartbeat`](crate::Heartbeat).
 ///
@@ -39,6 +39,9 @@ pub struct HeartbeatBuilder {
     transport: Option<Box<dyn Transport>>,
     probe: Option<Box<dyn ProcessProbe>>,
     settle_beat: Option<Duration>,
+    pool: Option<String>,
+    control_poll: Option<Duration>,
+    max_run: Option<Duration>,
     env_error: Option<ConfigError>,
 }
 
@@ -67,6 +70,12 @@ pub(crate) struct Validated {
     pub version: Option<String>,
     pub reporter: String,
     pub settle_beat: Option<Duration>,
+    pub pool: String,
+    /// Where control rows are read; `None` for a transport given in code
+    /// or a reporter that does not obey.
+    pub control: Option<Box<dyn ControlSource>>,
+    pub control_poll: Duration,
+    pub max_run: Option<Duration>,
 }
 
 impl HeartbeatBuilder {
@@ -84,6 +93,9 @@ impl HeartbeatBuilder {
             transport: None,
             probe: None,
             settle_beat: None,
+            pool: None,
+            control_poll: None,
+            max_run: None,
             env_error: None,
         }
     }
@@ -197,6 +209,27 @@ impl HeartbeatBuilder {
     }
 
     /// Names what reports, sent as `reporter` (default `heartbeat-sdk/<version>`).
+    /// The worker's pool (default `default`; `HP_POOL`): availability
+    /// budgets are per pool. 1 to 128 characters of `[A-Za-z0-9._:-]`.
+    pub fn pool(mut self, pool: impl Into<String>) -> Self {
+        self.pool = Some(pool.into());
+        self
+    }
+
+    /// How often the worker's control row is polled (default 5 s;
+    /// `HP_CONTROL_POLL_SECS`). Zero polls only at beats. An unchanged row
+    /// costs one primary-key lookup with an empty answer.
+    pub fn control_poll(mut self, every: Duration) -> Self {
+        self.control_poll = Some(every);
+        self
+    }
+
+    /// A run longer than this reads as hung (`HP_MAX_RUN_SECS`; none by default).
+    pub fn max_run(mut self, limit: Duration) -> Self {
+        self.max_run = Some(limit);
+        self
+    }
+
     #[doc(hidden)]
     pub fn reporter(mut self, reporter: impl Into<String>) -> Self {
         self.reporter = reporter.into();
@@ -256,6 +289,23 @@ impl HeartbeatBuilder {
             )
             .map(Duration::from_millis);
         }
+        if self.control_poll.is_none() {
+            self.control_poll = parse(
+                env::CONTROL_POLL,
+                "a whole number of seconds, 0 to 3600 (0: only at beats; default 5)",
+            )
+            .map(Duration::from_secs);
+        }
+        if self.max_run.is_none() {
+            self.max_run = parse(
+                env::MAX_RUN,
+                "a whole number of seconds, 1 to 604800 (a week)",
+            )
+            .map(Duration::from_secs);
+        }
+        if self.pool.is_none() {
+            self.pool = get(env::POOL);
+        }
         if self.env_error.is_none() {
             self.env_error = first_error;
         }
@@ -306,6 +356,26 @@ impl HeartbeatBuilder {
                 expected: "between 1 and 60000 milliseconds (default 1000)",
             });
         }
+        if let Some(pool) = &self.pool {
+            validate_pool(pool)?;
+        }
+        let poll = self.control_poll.unwrap_or(env::DEFAULT_CONTROL_POLL);
+        if poll > Duration::from_secs(3600) {
+            return Err(ConfigError::InvalidSetting {
+                name: "control_poll",
+                value: format!("{} s", poll.as_secs_f64()),
+                expected: "between 0 (only at beats) and 3600 seconds (default 5)",
+            });
+        }
+        if let Some(limit) = self.max_run {
+            if limit < Duration::from_secs(1) || limit > Duration::from_secs(604_800) {
+                return Err(ConfigError::InvalidSetting {
+                    name: "max_run",
+                    value: format!("{} s", limit.as_secs_f64()),
+                    expected: "between 1 and 604800 seconds (a week)",
+                });
+            }
+        }
         Ok((interval, breaker_threshold, shutdown_budget))
     }
 
@@ -320,9 +390,15 @@ impl HeartbeatBuilder {
     /// Checks everything and builds the transport, without starting anything.
     pub(crate) fn validate(mut self) -> Result<Validated, ConfigError> {
         let (interval, breaker_threshold, shutdown_budget) = self.checked_numbers()?;
-        let transport = match self.transport.take() {
-            Some(t) => t,
-            None => self.settings.resolve()?.into_transport(&self.reporter)?,
+        let (transport, control) = match self.transport.take() {
+            Some(t) => (t, None),
+            None => {
+                let (t, c) = self
+                    .settings
+                    .resolve()?
+                    .into_transport_and_control(&self.reporter)?;
+                (t, Some(c))
+            }
         };
         Ok(Validated {
             name: self.name,
@@ -335,8 +411,24 @@ impl HeartbeatBuilder {
             version: self.version,
             reporter: self.reporter,
             settle_beat: self.settle_beat,
+            pool: self.pool.unwrap_or_else(|| env::DEFAULT_POOL.to_owned()),
+            control,
+            control_poll: self.control_poll.unwrap_or(env::DEFAULT_CONTROL_POLL),
+            max_run: self.max_run,
         })
     }
+}
+
+/// A pool name follows the worker name's rule.
+fn validate_pool(pool: &str) -> Result<(), ConfigError> {
+    validate_name(pool).map_err(|e| match e {
+        ConfigError::InvalidName { value, reason } => ConfigError::InvalidSetting {
+            name: "pool",
+            value: format!("{value:?} ({reason})"),
+            expected: "1 to 128 characters of A-Z a-z 0-9 . _ : - (default `default`)",
+        },
+        other => other,
+    })
 }
 
 /// 1 to 128 characters of `[A-Za-z0-9._:-]` (the SQL CHECK says the same).

@@ -27,6 +27,12 @@ pub const SCHEMA: &str = "HP_SUPABASE_SCHEMA";
 pub const ALLOW_INSECURE_HTTP: &str = "HP_ALLOW_INSECURE_HTTP";
 /// The worker's version (sidecar).
 pub const WORKER_VERSION: &str = "HP_WORKER_VERSION";
+/// The worker's pool (budgets are per pool).
+pub const POOL: &str = "HP_POOL";
+/// Seconds between polls of the worker's control row (0: only at beats).
+pub const CONTROL_POLL: &str = "HP_CONTROL_POLL_SECS";
+/// A run longer than this many seconds reads as hung.
+pub const MAX_RUN: &str = "HP_MAX_RUN_SECS";
 /// systemd's `StateDirectory=` (the local store goes there when set).
 pub const STATE_DIRECTORY: &str = "STATE_DIRECTORY";
 
@@ -40,6 +46,10 @@ pub const DEFAULT_SHUTDOWN_BUDGET: Duration = Duration::from_secs(1);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default whole-request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default pool.
+pub const DEFAULT_POOL: &str = "default";
+/// Default time between polls of the control row.
+pub const DEFAULT_CONTROL_POLL: Duration = Duration::from_secs(5);
 /// Default schema.
 pub const DEFAULT_SCHEMA: &str = "public";
 

@@ -13,7 +13,7 @@ use crate::model::error::ConfigError;
 use crate::model::key::ApiKey;
 use crate::transport::postgrest::{PostgrestClient, PostgrestConfig};
 use crate::transport::sqlite::SqliteStore;
-use crate::transport::Transport;
+use crate::transport::{ControlSource, Transport};
 
 /// `HP_STORE`: which store to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +44,9 @@ pub enum Target {
     Local(PathBuf),
 }
 
+/// Where rows go, and where the same store's control rows are read.
+pub(crate) type TransportAndControl = (Box<dyn Transport>, Box<dyn ControlSource>);
+
 impl Target {
     /// Where rows go, for the one log line at start and for messages.
     pub fn describe(&self) -> String {
@@ -53,15 +56,26 @@ impl Target {
         }
     }
 
-    pub(crate) fn into_transport(self, reporter: &str) -> Result<Box<dyn Transport>, ConfigError> {
+    /// The transport, and the same store as the source of control rows.
+    pub(crate) fn into_transport_and_control(
+        self,
+        reporter: &str,
+    ) -> Result<TransportAndControl, ConfigError> {
         Ok(match self {
-            Target::Supabase(config) => Box::new(PostgrestClient::new(&config, reporter)?),
+            Target::Supabase(config) => {
+                let client = PostgrestClient::new(&config, reporter)?;
+                (Box::new(client.clone()), Box::new(client))
+            }
             // The default path's directory is ours to create; a path the
             // user chose must already have one.
-            Target::Local(path) if path == default_local_path() => {
-                Box::new(SqliteStore::at_default_path(path))
+            Target::Local(path) => {
+                let store = if path == default_local_path() {
+                    SqliteStore::at_default_path(path)
+                } else {
+                    SqliteStore::new(path)
+                };
+                (Box::new(store.clone()), Box::new(store))
             }
-            Target::Local(path) => Box::new(SqliteStore::new(path)),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod clock;
 pub(crate) mod control;
+pub(crate) mod desired;
 pub(crate) mod error;
 pub(crate) mod health;
 pub(crate) mod key;

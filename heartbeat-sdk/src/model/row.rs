@@ -92,7 +92,94 @@ pub struct WorkerRow {
     pub exit_signal: Option<i32>,
     /// The beat interval, so readers can tell stale from fresh per worker.
     pub heartbeat_interval_seconds: u32,
+
+    // Control (`sql/20261124000001_hp_control.sql`). Absent keys are not
+    // sent, so a table without these columns still takes the row.
+    /// The worker's pool (default `default`): budgets are per pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// What the worker is doing about control: `active`, `paused`,
+    /// `draining`, `restarting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The control row's generation the worker has applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_generation: Option<i64>,
+    /// Verb -> how the worker honours it (`"no"` when it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controls: Option<Map<String, Value>>,
+
+    // Runs (`sql/20261125000001_hp_runs.sql`): sent once the worker has
+    // started a run or set a `max_run`.
+    /// `running`, `succeeded` or `failed`: the latest run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_state: Option<String>,
+    /// When the latest run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_started_at: Option<DateTime<Utc>>,
+    /// When the latest finished run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_finished_at: Option<DateTime<Utc>>,
+    /// When a run last succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// How long the latest finished run took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_ms: Option<u64>,
+    /// Runs finished since start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_total: Option<u64>,
+    /// Runs failed since start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_failed: Option<u64>,
+    /// The latest run's summary or error, bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_summary: Option<String>,
+    /// A run longer than this is hung (readers derive it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_run_seconds: Option<u64>,
 }
+
+impl WorkerRow {
+    /// Leaves out the control columns (for a table the control migration
+    /// has not reached yet).
+    pub(crate) fn without_control(&mut self) {
+        self.pool = None;
+        self.state = None;
+        self.control_generation = None;
+        self.controls = None;
+    }
+
+    /// Leaves out the run columns (for a table the runs migration has not
+    /// reached yet).
+    pub(crate) fn without_runs(&mut self) {
+        self.run_state = None;
+        self.run_started_at = None;
+        self.run_finished_at = None;
+        self.last_success_at = None;
+        self.last_run_ms = None;
+        self.runs_total = None;
+        self.runs_failed = None;
+        self.last_run_summary = None;
+        self.max_run_seconds = None;
+    }
+}
+
+/// Columns each later migration adds: a table without one of them gets rows
+/// without that group (and one log line naming the migration).
+pub(crate) const CONTROL_COLUMNS: [&str; 4] = ["pool", "state", "control_generation", "controls"];
+/// See [`CONTROL_COLUMNS`].
+pub(crate) const RUN_COLUMNS: [&str; 9] = [
+    "run_state",
+    "run_started_at",
+    "run_finished_at",
+    "last_success_at",
+    "last_run_ms",
+    "runs_total",
+    "runs_failed",
+    "last_run_summary",
+    "max_run_seconds",
+];
 
 /// How a reporter ends: what the final row says.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,8 @@ use crate::model::row::WorkerRow;
 
 /// Longest `last_error` kept, in bytes; the SQL CHECK allows the same.
 pub const MAX_LAST_ERROR_BYTES: usize = 2048;
+/// The latest run's summary (or error) keeps at most this many bytes.
+pub(crate) const MAX_RUN_SUMMARY_BYTES: usize = 1024;
 /// Longest `version` and `reporter`, in bytes (the SQL CHECK).
 const MAX_SHORT_TEXT_BYTES: usize = 128;
 /// Longest `hostname`, in bytes (the SQL CHECK).
@@ -80,6 +82,9 @@ pub(crate) fn fit_row(row: &mut WorkerRow) {
     fit(&mut row.reporter, MAX_SHORT_TEXT_BYTES);
     if let Some(e) = row.last_error.as_mut() {
         fit(e, MAX_LAST_ERROR_BYTES);
+    }
+    if let Some(summary) = row.last_run_summary.as_mut() {
+        fit(summary, MAX_RUN_SUMMARY_BYTES);
     }
     fit_map(&mut row.metadata);
     // The last guard: whatever was added since the caps at entry, the beat

@@ -8,6 +8,7 @@ pub(crate) mod sqlite_control;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::model::desired::DesiredControl;
 use crate::model::error::{ReadError, SendError};
 use crate::model::row::WorkerRow;
 use crate::model::status_row::StatusRow;
@@ -51,3 +52,15 @@ pub type ReadFuture<'a> =
 
 /// What [`Transport::send`] returns.
 pub(crate) type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
+
+/// Reads one worker's control row: the beat loop's poll. Not part of
+/// [`Transport`]: a transport a user writes sends rows and obeys nothing.
+pub(crate) trait ControlSource: Send + 'static {
+    /// The row if its generation is above `above` (any row when `None`);
+    /// `None` when there is no such row.
+    fn read_control<'a>(&'a mut self, worker: &'a str, above: Option<i64>) -> ControlFuture<'a>;
+}
+
+/// What [`ControlSource::read_control`] returns.
+pub(crate) type ControlFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<DesiredControl>, ReadError>> + Send + 'a>>;

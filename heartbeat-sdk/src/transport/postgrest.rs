@@ -6,14 +6,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::Url;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::model::desired::{DesiredControl, CONTROL_COLUMNS};
 use crate::model::error::{ConfigError, ReadError, SendError};
 use crate::model::key::ApiKey;
 use crate::model::row::WorkerRow;
 use crate::model::status_row::StatusRow;
 use crate::model::text::truncate_message;
-use crate::transport::{ReadFuture, SendFuture, Transport};
+use crate::transport::{ControlFuture, ControlSource, ReadFuture, SendFuture, Transport};
 
 /// The most of an error answer ever read: enough for PostgREST's JSON and a
 /// gateway's page, and a 200 MiB body costs nothing.
@@ -23,6 +25,10 @@ const MAX_ROWS_BODY: usize = 64 * 1024 * 1024;
 
 /// The table every row goes to.
 pub(crate) const TABLE: &str = "hp_worker_status";
+/// What operators want of each worker (`sql/20261124000001_hp_control.sql`).
+pub(crate) const CONTROL_TABLE: &str = "hp_worker_control";
+/// A control poll's answer is one small row or none.
+const MAX_CONTROL_BODY: usize = 8 * 1024;
 
 /// Where and how to reach PostgREST.
 #[derive(Debug, Clone)]
@@ -67,9 +73,11 @@ impl PostgrestConfig {
 }
 
 /// One HTTP client (connections are reused) for every request to the table.
+#[derive(Clone)]
 pub(crate) struct PostgrestClient {
     client: reqwest::Client,
     table: Url,
+    control_table: Url,
     schema: HeaderValue,
     request_timeout: Duration,
     description: String,
@@ -119,14 +127,18 @@ impl PostgrestClient {
             .default_headers(headers)
             .build()
             .map_err(|e| ConfigError::HttpClient(e.to_string()))?;
-        let mut table = config.url.clone();
-        table.set_path(&format!(
-            "{}/rest/v1/{TABLE}",
-            config.url.path().trim_end_matches('/')
-        ));
+        let rest = |name: &str| {
+            let mut url = config.url.clone();
+            url.set_path(&format!(
+                "{}/rest/v1/{name}",
+                config.url.path().trim_end_matches('/')
+            ));
+            url
+        };
         Ok(PostgrestClient {
             client,
-            table,
+            table: rest(TABLE),
+            control_table: rest(CONTROL_TABLE),
             schema,
             request_timeout: config.request_timeout,
             description: describe(&config.url),
@@ -197,10 +209,40 @@ impl PostgrestClient {
         self.get_rows(url).await
     }
 
+    /// `worker`'s control row if its generation is above `above`:
+    /// `GET /rest/v1/hp_worker_control?select=...&worker_name=eq.W&generation=gt.N`.
+    /// A primary-key lookup; an unchanged row is an empty answer.
+    pub async fn select_control(
+        &self,
+        worker: &str,
+        above: Option<i64>,
+    ) -> Result<Option<DesiredControl>, ReadError> {
+        let mut url = self.control_table.clone();
+        url.query_pairs_mut()
+            .append_pair("select", CONTROL_COLUMNS)
+            .append_pair("worker_name", &format!("eq.{worker}"));
+        if let Some(generation) = above {
+            url.query_pairs_mut()
+                .append_pair("generation", &format!("gt.{generation}"));
+        }
+        let (mut rows, _) = self
+            .get_json::<DesiredControl>(url, MAX_CONTROL_BODY)
+            .await?;
+        Ok(rows.pop())
+    }
+
     async fn get_rows(
         &self,
         url: Url,
     ) -> Result<(Vec<StatusRow>, Option<DateTime<Utc>>), ReadError> {
+        self.get_json(url, MAX_ROWS_BODY).await
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        limit: usize,
+    ) -> Result<(Vec<T>, Option<DateTime<Utc>>), ReadError> {
         let response = self
             .client
             .get(url)
@@ -219,8 +261,8 @@ impl PostgrestClient {
         if !(200..300).contains(&status) {
             return Err(classify_response(response).await.into_read());
         }
-        let body = read_at_most(response, MAX_ROWS_BODY).await;
-        let rows: Vec<StatusRow> =
+        let body = read_at_most(response, limit).await;
+        let rows: Vec<T> =
             serde_json::from_slice(&body).map_err(|e| ReadError::Unparsable(e.to_string()))?;
         Ok((rows, server_now))
     }
@@ -262,6 +304,12 @@ impl Transport for PostgrestClient {
 
     fn read_row<'a>(&'a mut self, worker_name: &'a str) -> ReadFuture<'a> {
         Box::pin(self.select_one(worker_name))
+    }
+}
+
+impl ControlSource for PostgrestClient {
+    fn read_control<'a>(&'a mut self, worker: &'a str, above: Option<i64>) -> ControlFuture<'a> {
+        Box::pin(self.select_control(worker, above))
     }
 }
 

@@ -6,16 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{params_from_iter, Connection, OpenFlags};
+use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 use serde_json::{Map, Value};
 
 use crate::model::clock::now_micros;
 use crate::model::control::{ControlAnswer, ControlError, ControlRequest};
+use crate::model::desired::DesiredControl;
 use crate::model::error::{ReadError, SendError};
 use crate::model::row::WorkerRow;
 use crate::model::status_row::StatusRow;
 use crate::transport::sqlite_control;
-use crate::transport::{ReadFuture, SendFuture, Transport};
+use crate::transport::{ControlFuture, ControlSource, ReadFuture, SendFuture, Transport};
 
 /// The table, with the Postgres migration's CHECKs. `last_heartbeat` and
 /// `updated_at` are the store's clock at each write, as in Postgres.
@@ -50,7 +51,7 @@ create table if not exists hp_worker_status (
 
 /// Columns later versions added, as `(name, definition)`: an older store
 /// file gains them in place, as the SQL migrations add theirs.
-const ADDED_COLUMNS: [(&str, &str); 5] = [
+const ADDED_COLUMNS: [(&str, &str); 14] = [
     (
         "pool",
         "text not null default 'default' check (length(pool) between 1 and 128 and pool not glob '*[^A-Za-z0-9._:-]*')",
@@ -66,6 +67,25 @@ const ADDED_COLUMNS: [(&str, &str); 5] = [
     ),
     // The store's clock when the current instance_id first wrote.
     ("instance_since", "text"),
+    // Runs (sql/20261125000001_hp_runs.sql).
+    (
+        "run_state",
+        "text check (run_state in ('running', 'succeeded', 'failed'))",
+    ),
+    ("run_started_at", "text"),
+    ("run_finished_at", "text"),
+    ("last_success_at", "text"),
+    ("last_run_ms", "integer check (last_run_ms >= 0)"),
+    ("runs_total", "integer check (runs_total >= 0)"),
+    ("runs_failed", "integer check (runs_failed >= 0 and runs_failed <= runs_total)"),
+    (
+        "last_run_summary",
+        "text check (length(cast(last_run_summary as blob)) <= 1024)",
+    ),
+    (
+        "max_run_seconds",
+        "integer check (max_run_seconds between 1 and 604800)",
+    ),
 ];
 
 /// Columns stored as 0/1 that read back as JSON booleans.
@@ -230,6 +250,48 @@ impl SqliteStore {
         Ok(self.read(Some(worker))?.pop())
     }
 
+    /// `worker`'s control row if its generation is above `above`. No file
+    /// or no control table yet (nothing was ever asked) is no row.
+    pub(crate) fn control_row(
+        &self,
+        worker: &str,
+        above: Option<i64>,
+    ) -> Result<Option<DesiredControl>, ReadError> {
+        if !self.path.exists() {
+            return Ok(None);
+        }
+        let read = |e: rusqlite::Error| ReadError::Store(explain(&self.path, &e));
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(read)?;
+        conn.busy_timeout(Duration::from_secs(2)).map_err(read)?;
+        let exists: bool = conn
+            .query_row(
+                "select count(*) > 0 from sqlite_master where type = 'table' and name = 'hp_worker_control'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(read)?;
+        if !exists {
+            return Ok(None);
+        }
+        conn.query_row(
+            "select desired, generation, restart_seq, run_now_seq, drain_seq from hp_worker_control
+             where worker_name = ?1 and generation > ?2",
+            rusqlite::params![worker, above.unwrap_or(-1)],
+            |r| {
+                Ok(DesiredControl {
+                    paused: r.get::<_, String>(0)? == "paused",
+                    generation: r.get(1)?,
+                    restart_seq: r.get(2)?,
+                    run_now_seq: r.get(3)?,
+                    drain_seq: r.get(4)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(read)
+    }
+
     fn read(&self, worker: Option<&str>) -> Result<Vec<StatusRow>, ReadError> {
         let read = |e: rusqlite::Error| ReadError::Store(explain(&self.path, &e));
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -281,6 +343,18 @@ impl Transport for SqliteStore {
             "the local store {} stayed locked by another process for {after:?}: the row was not written this beat",
             self.path.display()
         ))
+    }
+}
+
+impl ControlSource for SqliteStore {
+    fn read_control<'a>(&'a mut self, worker: &'a str, above: Option<i64>) -> ControlFuture<'a> {
+        let store = self.clone();
+        let worker = worker.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.control_row(&worker, above))
+                .await
+                .unwrap_or_else(|e| Err(ReadError::Store(format!("local store task failed: {e}"))))
+        })
     }
 }
 

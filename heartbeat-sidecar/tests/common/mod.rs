@@ -46,6 +46,13 @@ pub async fn postgrest() -> MockServer {
         .respond_with(ResponseTemplate::new(201))
         .mount(&server)
         .await;
+    // The control poll, as PostgREST answers it with the control migration
+    // applied and nothing asked: no row.
+    Mock::given(method("GET"))
+        .and(path("/rest/v1/hp_worker_control"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("[]"))
+        .mount(&server)
+        .await;
     server
 }
 
