@@ -85,3 +85,10 @@ pub fn row_changed(heartbeat: &Heartbeat) {
 pub fn wait_first_control_read(heartbeat: &Heartbeat, limit: Duration) -> bool {
     heartbeat.shared.control.wait_first_read(limit)
 }
+
+/// The sidecar started its child again (a restart in place, a resume): from
+/// the next row, a new `instance_id` and `started_at`, as a new process of
+/// the worker has; the row is written soon.
+pub fn new_instance(heartbeat: &Heartbeat) {
+    heartbeat.shared.new_instance();
+}

@@ -667,6 +667,10 @@ impl Supervisor {
         self.run_due = false;
         match self.launcher.spawn() {
             Ok(child) => {
+                if let (Mode::Long, Some(hb)) = (self.mode, &self.heartbeat) {
+                    // A new process of the worker (runs of --every are not).
+                    hooks::new_instance(hb);
+                }
                 self.take_child(child);
                 None
             }

@@ -141,6 +141,10 @@ fn restart_pause_resume_and_drain_a_long_running_child_in_place() {
         child_pid(r).is_some_and(|p| p != first_pid) && field(r, "state") == "active"
     });
     assert!(!alive(first_pid as i32), "the first child is gone");
+    assert_ne!(
+        restarted.instance_id, first.instance_id,
+        "a new process of the worker is a new instance (a rollout waits for one)"
+    );
     assert_eq!(field(&restarted, "metadata")["restarts_in_place"], 1);
     assert!(
         sidecar.still_running(),

@@ -486,6 +486,13 @@ impl BeatLoop {
     pub(crate) fn build_row(&mut self, final_state: Option<&FinalState>) -> WorkerRow {
         let counters = self.shared.counters.snapshot();
         let sample = self.probe.sample();
+        if self.shared.take_new_instance() {
+            // The sidecar started its child again: to the store (and a
+            // rollout waiting for it) this is a new instance of the worker.
+            self.identity.instance_id = uuid::Uuid::new_v4().to_string();
+            self.identity.started_at = now_micros();
+            self.identity.started = std::time::Instant::now();
+        }
         let id = &self.identity;
         let uptime = id.started.elapsed();
         let status = match final_state {

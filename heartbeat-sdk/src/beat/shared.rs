@@ -21,6 +21,9 @@ pub(crate) struct Shared {
     /// Something the row shows changed (a run started or ended, control
     /// applied): the loop writes soon, at most once a second.
     row_changed: Notify,
+    /// A new instance began in this reporter (the sidecar started its child
+    /// again): the next row has a new `instance_id` and `started_at`.
+    new_instance: std::sync::atomic::AtomicBool,
     stop: watch::Sender<Option<FinalState>>,
     done: Mutex<Option<bool>>,
     done_changed: Condvar,
@@ -34,6 +37,7 @@ impl Shared {
             runs: Runs::default(),
             shutdown_budget,
             row_changed: Notify::new(),
+            new_instance: std::sync::atomic::AtomicBool::new(false),
             stop: watch::channel(None).0,
             done: Mutex::new(None),
             done_changed: Condvar::new(),
@@ -47,6 +51,19 @@ impl Shared {
     /// Asks the loop for a write soon (coalesced, at most one a second).
     pub fn row_changed(&self) {
         self.row_changed.notify_one();
+    }
+
+    /// The sidecar started its child again: a new instance from the next row.
+    pub fn new_instance(&self) {
+        self.new_instance
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.row_changed();
+    }
+
+    /// True once after [`new_instance`](Self::new_instance).
+    pub fn take_new_instance(&self) -> bool {
+        self.new_instance
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Resolves when [`row_changed`](Self::row_changed) was called (a call
