@@ -303,6 +303,75 @@ fn the_shipped_ecosystem_file_reports_running_then_stopped_within_the_kill_timeo
     assert!(pm2.processes().is_empty(), "deleted");
 }
 
+/// Operators steer a PM2 app through the sidecar: a restart is done in
+/// place (PM2 counts no restart and keeps the sidecar's pid), a drained
+/// app stays `online` with its row paused, and resume brings the worker back.
+#[test]
+fn a_restart_request_restarts_the_worker_in_place_and_pm2_sees_no_restart() {
+    let Some(pm2) = Pm2::start() else {
+        return;
+    };
+    pm2.run(&["start", "examples/node/ecosystem.config.js"]);
+    let first = pm2.wait_row(APP, Duration::from_secs(20), running_with_jobs);
+    let first_pid = first.pid.expect("the worker's pid");
+    let store = SqliteStore::new(pm2.store());
+    store
+        .pool_set("default", Some(5), Some(0), None, Some("test"))
+        .expect("pool set");
+    let ask = |action: &str| {
+        let mut request =
+            heartbeat_sdk::sidecar::ControlRequest::workers(action, vec![APP.to_owned()]);
+        request.force = true;
+        request.confirm = Some("default".to_owned());
+        let answer = store.control(&request).expect("control");
+        assert!(answer.accepted(), "{action}: {answer:?}");
+    };
+    let pm2_view = || {
+        let processes = pm2.processes();
+        let [app] = processes.as_slice() else {
+            panic!("one PM2 process, got {processes:?}");
+        };
+        (
+            app["pid"].as_i64(),
+            app["pm2_env"]["restart_time"].as_i64(),
+            app["pm2_env"]["status"].as_str().map(str::to_owned),
+        )
+    };
+    let before = pm2_view();
+
+    ask("restart");
+    let restarted = pm2.wait_row(APP, Duration::from_secs(20), |r| {
+        running_with_jobs(r) && r.pid.is_some_and(|p| p != first_pid)
+    });
+    assert!(!common::alive(first_pid as i32), "the first worker is gone");
+    assert_ne!(restarted.instance_id, first.instance_id);
+    assert_eq!(
+        pm2_view(),
+        before,
+        "PM2 saw no restart: same pid, same restart count, online"
+    );
+
+    ask("drain");
+    let drained = pm2.wait_row(APP, Duration::from_secs(20), |r| {
+        r.pid.is_none() && r.extra.get("state").and_then(Value::as_str) == Some("paused")
+    });
+    assert_eq!(
+        drained.status.as_deref(),
+        Some("running"),
+        "alive and paused, not stopped"
+    );
+    assert_eq!(pm2_view(), before, "PM2 keeps it online");
+
+    ask("resume");
+    pm2.wait_row(APP, Duration::from_secs(20), |r| {
+        running_with_jobs(r)
+            && r.pid.is_some()
+            && r.extra.get("state").and_then(Value::as_str) == Some("active")
+    });
+    assert_eq!(pm2_view(), before);
+    pm2.run(&["delete", APP]);
+}
+
 #[test]
 fn without_the_sidecar_on_path_pm2_start_fails_saying_so() {
     let Some(bin) = pm2_binary() else {
