@@ -9,10 +9,7 @@ use serde_json::{json, Value};
 
 use crate::cli::StatusArgs;
 use crate::exit::{Exit, USAGE};
-use crate::table::{headline, row_cells, COLUMNS, NO_WORKERS};
-
-/// Some worker needs attention.
-pub const EXIT_UNHEALTHY: i32 = 1;
+use crate::table::{exit_code, headline, row_cells, COLUMNS, NO_WORKERS};
 
 pub async fn status(args: StatusArgs) -> Exit {
     let settings = match args.store.settings() {
@@ -51,14 +48,6 @@ fn usage_error(e: &dyn std::fmt::Display) -> Exit {
 }
 
 /// 0 when no worker needs attention; 1 otherwise.
-pub fn exit_code(snapshot: &Snapshot) -> i32 {
-    if snapshot.needs_attention() {
-        EXIT_UNHEALTHY
-    } else {
-        0
-    }
-}
-
 /// The rows as JSON: every column, plus `health` and `seconds_since_heartbeat`.
 pub fn to_json(snapshot: &Snapshot) -> Value {
     let rows: Vec<Value> = snapshot
@@ -135,6 +124,7 @@ fn ansi(h: Health) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::EXIT_UNHEALTHY;
     use chrono::{DateTime, Utc};
 
     fn row(name: &str, status: &str, secs_ago: i64, now: DateTime<Utc>) -> StatusRow {

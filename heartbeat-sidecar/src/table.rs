@@ -14,6 +14,19 @@ pub fn headline(snapshot: &Snapshot) -> String {
     )
 }
 
+/// Some worker needs attention.
+pub const EXIT_UNHEALTHY: i32 = 1;
+
+/// `status` and the live view end with this: 1 when a worker needs
+/// attention (stale, crashed, breaker open), else 0.
+pub fn exit_code(snapshot: &Snapshot) -> i32 {
+    if snapshot.needs_attention() {
+        EXIT_UNHEALTHY
+    } else {
+        0
+    }
+}
+
 /// What the table says when there are no rows.
 pub const NO_WORKERS: &str = "No worker has reported yet.";
 

@@ -18,8 +18,7 @@ use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState, 
 use ratatui::Frame;
 
 use crate::exit::{Exit, USAGE};
-use crate::status::exit_code;
-use crate::table::{headline, row_cells, COLUMNS, NO_WORKERS};
+use crate::table::{exit_code, headline, row_cells, COLUMNS, NO_WORKERS};
 
 const REFRESH: Duration = Duration::from_secs(2);
 

@@ -243,6 +243,10 @@ async fn status_json_has_every_column_plus_health() {
         "exit_code",
         "exit_signal",
         "heartbeat_interval_seconds",
+        "instance_id",
+        "client_heartbeat",
+        "updated_at",
+        "pool",
     ];
     for row in &rows {
         for k in keys {

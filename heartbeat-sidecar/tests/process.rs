@@ -844,3 +844,27 @@ async fn a_locked_local_store_parks_no_thread_per_beat() {
         "the final row once the lock was gone"
     );
 }
+
+/// A key whose role may not write the table is said at start, as `check`
+/// says it, not only when someone runs `check`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_of_another_role_is_warned_about_at_start() {
+    let server = postgrest().await;
+    // {"alg":"HS256","typ":"JWT"}.{"role":"authenticated"}, signature obviously fake.
+    let key =
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoiYXV0aGVudGljYXRlZCJ9.FAKE_signature";
+    let mut cmd = sidecar_to(&server);
+    cmd.env("SUPABASE_SECRET_KEY", key)
+        .args(["run", "--name", "odd-key", "--", "true"]);
+    let out = output_within(cmd, Duration::from_secs(10)).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the API key's role is \"authenticated\""),
+        "{said}"
+    );
+    assert!(
+        !said.contains("FAKE_signature"),
+        "the key never shows: {said}"
+    );
+    assert_eq!(out.status.code(), Some(0), "the worker ran: {said}");
+}

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::model::health::DEFAULT_INTERVAL_SECONDS;
+
 /// Project URL.
 pub const URL: &str = "SUPABASE_URL";
 /// API keys, first found wins.
@@ -37,7 +39,7 @@ pub const MAX_RUN: &str = "HP_MAX_RUN_SECS";
 pub const STATE_DIRECTORY: &str = "STATE_DIRECTORY";
 
 /// Default beat interval.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(DEFAULT_INTERVAL_SECONDS as u64);
 /// Default number of errors in a row that opens the circuit breaker.
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 10;
 /// Default time the final row may take: below PM2's 1.6 s kill timeout.

@@ -63,6 +63,10 @@ impl Target {
     ) -> Result<TransportAndControl, ConfigError> {
         Ok(match self {
             Target::Supabase(config) => {
+                if let Some(warning) = config.key_warning() {
+                    // Said at start, as `check` says it: the beats may all be refused.
+                    tracing::warn!("heartbeat: {warning}");
+                }
                 let client = PostgrestClient::new(&config, reporter)?;
                 (Box::new(client.clone()), Box::new(client))
             }

@@ -108,7 +108,6 @@ pub struct PoolImpact {
     /// Its workers (status rows).
     pub members: i64,
     /// The request's workers in it.
-    #[serde(default)]
     pub targets: Option<Vec<String>>,
     /// Available now.
     pub available_before: i64,
@@ -148,7 +147,7 @@ pub struct ControlAnswer {
     /// Every pool touched.
     pub pools: Vec<PoolImpact>,
     /// Each worker's new generation (accepted only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub generations: Option<BTreeMap<String, i64>>,
     /// The audit row.
     pub audit_id: i64,

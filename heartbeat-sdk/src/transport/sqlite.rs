@@ -541,7 +541,7 @@ fn explain(path: &Path, e: &rusqlite::Error) -> String {
             format!("cannot open the local store {p} ({e}): check that the directory exists and is writable, or set HP_STORE")
         }
         Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
-            format!("the local store {p} stayed locked by another process ({e}): retrying")
+            format!("the local store {p} stayed locked by another process ({e}): try again once it lets go (a beat is sent again at the next one)")
         }
         Some(ErrorCode::ConstraintViolation) => format!("the local store {p} refused the row: {e}"),
         _ => format!("local store {p}: {e}"),
