@@ -934,6 +934,11 @@ begin
     rule := 'protected';
     message := format('a rollout of pool %s needs confirmation: the pool is protected. Call again with confirm = %L, the pool''s name.',
                       v_pool, v_pool);
+  elsif batch > greatest(budget.max_unavailable, 1) and hp_rollout_start.confirm is distinct from v_pool then
+    -- Going over the pool's budget is a choice made by name, as force is.
+    rule := 'max_unavailable';
+    message := format('a rollout of pool %s in batches of %s would have more down at once than its budget allows (%s, max_unavailable). Call again with confirm = %L, the pool''s name, to go over it, or raise the budget with hp_pool_set(pool := %L, max_unavailable := %s).',
+                      v_pool, batch, greatest(budget.max_unavailable, 1), v_pool, v_pool, batch);
   end if;
   detail := pg_catalog.jsonb_build_object(
     'role', caller ->> 'role', 'actor_declared', (caller ->> 'actor_declared')::boolean,

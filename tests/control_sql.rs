@@ -1497,6 +1497,50 @@ fn rollout_start_checks_its_arguments_and_protection() {
         (refused["outcome"].as_str(), refused["rule"].as_str()),
         (Some("refused"), Some("protected"))
     );
+    // A batch over the pool's budget (1 by default) is a choice made by name.
+    let over = rpc(
+        &db,
+        None,
+        "hp_rollout_start",
+        json!({"pool": "vault", "max_unavailable": 2, "confirm": "not-vault"}),
+    )
+    .expect("answer");
+    assert!(
+        over["rule"] == "protected" || over["rule"] == "max_unavailable",
+        "{over}"
+    );
+    rpc(
+        &db,
+        None,
+        "hp_pool_set",
+        json!({"pool": "vault", "protected": false}),
+    )
+    .expect("unprotect");
+    let over = rpc(
+        &db,
+        None,
+        "hp_rollout_start",
+        json!({"pool": "vault", "max_unavailable": 2}),
+    )
+    .expect("answer");
+    assert_eq!(
+        (over["outcome"].as_str(), over["rule"].as_str()),
+        (Some("refused"), Some("max_unavailable")),
+        "{over}"
+    );
+    assert!(
+        over["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("confirm = 'vault'")),
+        "{over}"
+    );
+    rpc(
+        &db,
+        None,
+        "hp_pool_set",
+        json!({"pool": "vault", "protected": true}),
+    )
+    .expect("protect");
     let started = rpc(
         &db,
         None,
