@@ -52,7 +52,7 @@ const MEMORY_CHECK: Duration = Duration::from_secs(5);
 const SETTLE_BEAT: Duration = Duration::from_secs(2);
 /// How long `once` waits for the first look at its control row before it
 /// runs anyway (control never keeps the work from running).
-const ONCE_CONTROL_WAIT: Duration = Duration::from_secs(5);
+const FIRST_CONTROL_WAIT: Duration = Duration::from_secs(5);
 
 /// How the command is run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,9 +343,9 @@ impl Supervisor {
                 }
             }
             if let Some(hb) = &self.heartbeat {
-                if !hooks::wait_first_control_read(hb, ONCE_CONTROL_WAIT) {
+                if !hooks::wait_first_control_read(hb, FIRST_CONTROL_WAIT) {
                     tracing::warn!(
-                        "the control row was not read within {ONCE_CONTROL_WAIT:?}: running anyway"
+                        "the control row was not read within {FIRST_CONTROL_WAIT:?}: running anyway"
                     );
                 }
                 if hooks::control_state(hb) == WorkerState::Paused {
@@ -496,6 +496,8 @@ impl Supervisor {
 
     async fn run_to_end(&mut self) -> Exit {
         let mut memory_check = tokio::time::interval(MEMORY_CHECK);
+        // Off while there is no child: no burst of missed checks after.
+        memory_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             if let Some(exit) = self.steer() {
                 return exit;
@@ -519,7 +521,7 @@ impl Supervisor {
                             "the worker did not stop within {:?}: sending SIGKILL",
                             self.stop_timeout
                         );
-                        send(w.pid, libc::SIGKILL);
+                        send_to_worker(w.pid, self.launcher.own_group, libc::SIGKILL);
                         if let Some(s) = w.stopping.as_mut() {
                             s.kill_at = None;
                         }
@@ -593,13 +595,14 @@ impl Supervisor {
         }
         let mode = self.mode;
         let pause_signal = self.pause_signal;
+        let own_group = self.launcher.own_group;
         match self.current.as_mut() {
             Some(w) if w.stopping.is_some() => {}
             Some(w) => match want {
                 WorkerState::Active if w.paused_in_place => {
                     if let Some((_, resume)) = pause_signal {
                         tracing::info!("resumed: sending the worker {}", signal_name(resume));
-                        send(w.pid, resume);
+                        send_to_worker(w.pid, own_group, resume);
                     }
                     w.paused_in_place = false;
                     hooks::row_changed(&hb);
@@ -608,7 +611,7 @@ impl Supervisor {
                     match pause_signal {
                         Some((pause, _)) => {
                             tracing::info!("paused: sending the worker {}", signal_name(pause));
-                            send(w.pid, pause);
+                            send_to_worker(w.pid, own_group, pause);
                             w.paused_in_place = true;
                             hooks::row_changed(&hb);
                         }
@@ -711,7 +714,7 @@ impl Supervisor {
         };
         if let (true, Some((_, resume))) = (w.paused_in_place, self.pause_signal) {
             // A frozen worker cannot handle the stop signal.
-            send(w.pid, resume);
+            send_to_worker(w.pid, self.launcher.own_group, resume);
             w.paused_in_place = false;
         }
         tracing::info!(
@@ -720,7 +723,7 @@ impl Supervisor {
             signal_name(self.stop_signal),
             self.stop_timeout
         );
-        send(w.pid, self.stop_signal);
+        send_to_worker(w.pid, self.launcher.own_group, self.stop_signal);
         w.stopping = Some(Stopping {
             why,
             kill_at: Some(Instant::now() + self.stop_timeout),
@@ -749,16 +752,25 @@ impl Supervisor {
     fn signalled(&mut self, sig: i32) -> Option<Exit> {
         let shutdown = SHUTDOWN_SIGNALS.contains(&sig);
         if let Some(w) = self.current.as_mut() {
-            if let (true, true, Some((_, resume))) =
-                (shutdown, w.paused_in_place, self.pause_signal)
-            {
-                send(w.pid, resume);
+            if let (true, Some((_, resume))) = (w.paused_in_place, self.pause_signal) {
+                // Woken first, or the signal only waits.
+                send_to_worker(w.pid, self.launcher.own_group, resume);
                 w.paused_in_place = false;
             }
             send(w.pid, sig);
         }
-        if !shutdown {
+        // HUP and QUIT end a process by default: with no child to pass them
+        // to, they end the sidecar.
+        let ends_sidecar = [libc::SIGHUP, libc::SIGQUIT].contains(&sig) && self.current.is_none();
+        if !shutdown && !ends_sidecar {
             return None;
+        }
+        if ends_sidecar {
+            // No child to pass it to: the sidecar ends as the signal would.
+            if let Some(hb) = &self.heartbeat {
+                hooks::finish(hb, FinalState::new(WorkerStatus::Stopped).exit_signal(sig));
+            }
+            return Some(Exit::Signal(sig));
         }
         self.forwarded_shutdown = Some(sig);
         if self.current.is_some() {
@@ -800,10 +812,22 @@ impl Supervisor {
             why,
             Some(StopFor::Restart | StopFor::Drain | StopFor::Pause)
         );
-        if in_place && self.forwarded_shutdown.is_none() {
-            if self.launcher.own_group {
-                end_leftovers(w.pid as i32);
+        if self.launcher.own_group && (in_place || matches!(self.mode, Mode::Every(_))) {
+            // Never two at once: what the stopped child or the finished run
+            // left in its group goes before another starts.
+            end_leftovers(w.pid as i32);
+        }
+        if in_place && self.forwarded_shutdown.is_some() {
+            // PM2 or systemd stopped the sidecar while it stopped the worker.
+            if let Some(run) = w.run.take() {
+                run.failed("stopped: the sidecar was shut down");
             }
+            if let Some(hb) = &self.heartbeat {
+                hooks::finish(hb, FinalState::new(WorkerStatus::Stopped));
+            }
+            return Some(Exit::Code(0));
+        }
+        if in_place {
             let hb = self.heartbeat.clone();
             if let Some(run) = w.run.take() {
                 run.failed(format!(
@@ -815,13 +839,16 @@ impl Supervisor {
             if let Some(hb) = &hb {
                 match why {
                     Some(StopFor::Restart) => {
-                        self.restarts += 1;
-                        hb.set_metadata("restarts_in_place", self.restarts);
-                        tracing::info!("the worker stopped for a restart: starting it again");
-                        if matches!(self.mode, Mode::Every(_)) {
-                            self.run_now_pending = true;
-                        }
                         hooks::control_done(hb);
+                        // A pause that came during the stop wins: no start.
+                        if hooks::control_state(hb) == WorkerState::Active {
+                            self.restarts += 1;
+                            hb.set_metadata("restarts_in_place", self.restarts);
+                            tracing::info!("the worker stopped for a restart: starting it again");
+                            if matches!(self.mode, Mode::Every(_)) {
+                                self.run_now_pending = true;
+                            }
+                        }
                     }
                     Some(StopFor::Drain) => {
                         tracing::info!("drained: the worker is stopped; `resume` starts it again");
@@ -894,6 +921,19 @@ fn describe_status(status: ExitStatus) -> String {
         (None, Some(sig)) => format!("signal {}", signal_name(sig)),
         (None, None) => "an unknown end".to_owned(),
     }
+}
+
+/// Signals the child, and with a group of its own everything it started:
+/// a stop or a pause of `sh -c` or `npm start` must reach the real worker.
+fn send_to_worker(pid: u32, own_group: bool, sig: i32) {
+    let target = if own_group {
+        -(pid as libc::pid_t)
+    } else {
+        pid as libc::pid_t
+    };
+    // SAFETY: kill(2) on our own child's pid or process group; the child is
+    // not reaped until `child.wait()` returns, so neither can be reused.
+    unsafe { libc::kill(target, sig) };
 }
 
 fn send(pid: u32, sig: i32) {
