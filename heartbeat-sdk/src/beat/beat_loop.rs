@@ -177,7 +177,7 @@ impl BeatLoop {
         let start = Instant::now();
         self.warn_if_the_name_is_taken().await;
         // The first beat already says what control found at start.
-        self.read_control().await;
+        self.read_control(Instant::now() + PEEK_TIMEOUT).await;
         self.shared.control.first_read_done();
         let mut next_beat = start;
         'beats: loop {
@@ -206,7 +206,7 @@ impl BeatLoop {
             // After each beat, and every poll period until the next, learn
             // of control; a change, or a run starting or ending, is written
             // at once (at most once a second), ahead of the next beat.
-            if self.read_control().await {
+            if self.read_control(next_beat).await {
                 next_beat = next_beat.min(self.soonest_change_write());
             }
             loop {
@@ -229,7 +229,7 @@ impl BeatLoop {
                     Woke::Stop => break 'beats,
                     Woke::Beat => break,
                     Woke::Poll => {
-                        if self.read_control().await {
+                        if self.read_control(next_beat).await {
                             next_beat = next_beat.min(self.soonest_change_write());
                         }
                     }
@@ -375,13 +375,16 @@ impl BeatLoop {
     /// one) and applies it. True when the row should show the change now.
     /// Never fails the loop: a missing table is said once, other failures
     /// at most once per kind per 5 minutes.
-    async fn read_control(&mut self) -> bool {
+    /// Never past `by`, the next beat's time: a slow or hanging store never
+    /// delays a beat for the sake of control.
+    async fn read_control(&mut self, by: Instant) -> bool {
         let Some(poll) = self.control.as_mut() else {
             return false;
         };
         let name = self.identity.worker_name.clone();
         let above = self.shared.control.applied_generation();
-        let read = timeout(CONTROL_READ_TIMEOUT, poll.source.read_control(&name, above)).await;
+        let deadline = by.min(Instant::now() + CONTROL_READ_TIMEOUT);
+        let read = timeout_at(deadline, poll.source.read_control(&name, above)).await;
         let found = match read {
             Ok(Ok(found)) => found,
             Ok(Err(ReadError::TableMissing { .. })) => {
@@ -399,7 +402,9 @@ impl BeatLoop {
                 return false;
             }
             Err(_) => {
-                self.log_control_failure(&format!("no answer within {CONTROL_READ_TIMEOUT:?}"));
+                self.log_control_failure(&format!(
+                    "no answer before the next beat (at most {CONTROL_READ_TIMEOUT:?})"
+                ));
                 return false;
             }
         };
