@@ -35,21 +35,26 @@ fn modules() -> BTreeMap<String, String> {
     out
 }
 
-/// The file-level import graph: `a` -> the modules its `use crate::...` lines name.
+/// The file-level import graph: `a` -> the modules it names by a `crate::`
+/// path: its `use` lines, paths in code, and doc links (a link to a layer
+/// below is a dependency too, of the docs).
 fn imports(modules: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String>> {
     let mut graph = BTreeMap::new();
     for (module, text) in modules {
         let mut deps = BTreeSet::new();
         // Test modules may reach anywhere; the layering is about the code.
         let code = text.split("#[cfg(test)]").next().unwrap_or("");
-        for line in code.lines().map(str::trim) {
-            let Some(path) = line
-                .strip_prefix("use crate::")
-                .or_else(|| line.strip_prefix("pub use crate::"))
-            else {
-                continue;
-            };
-            let segments: Vec<&str> = path.split("::").collect();
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            let end = rest
+                .find(|c: char| {
+                    !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == ':')
+                })
+                .unwrap_or(rest.len());
+            let segments: Vec<&str> = rest[..end]
+                .split("::")
+                .take_while(|s| s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_'))
+                .collect();
             // The longest prefix that is a module (a file) of the crate.
             for n in (1..=segments.len()).rev() {
                 let candidate = segments[..n].join("::");

@@ -1,6 +1,6 @@
 //! The builder: every option, filled from the environment only where the
 //! user left a field unset, validated once at start. Starting and checking
-//! live with the handle (`crate::handle`), which this module does not know.
+//! live with the handle (`handle.rs`), which this module does not know.
 
 use std::fmt;
 use std::time::Duration;

@@ -216,7 +216,7 @@ impl SendError {
     }
 }
 
-/// Why the rows could not be read (`heartbeat-sidecar status`, [`crate::read::Reader`]).
+/// Why the rows could not be read (`heartbeat-sidecar status`, the read side's `Reader`).
 /// Reads are not retried: the message says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
