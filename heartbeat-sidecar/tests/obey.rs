@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -67,6 +67,19 @@ impl Drop for Running {
     }
 }
 
+/// A temp dir, the store in it, and that store opened with budgets wide open.
+fn fixture() -> (tempfile::TempDir, PathBuf, SqliteStore) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("s.db");
+    let store = store(&db);
+    (dir, db, store)
+}
+
+/// [`sidecar_on`], started.
+fn run_sidecar(db: &Path, name: &str, flags: &[&str], command: &[&str]) -> Running {
+    Running(sidecar_on(db, name, flags, command).spawn().expect("spawn"))
+}
+
 fn store(db: &Path) -> SqliteStore {
     let s = SqliteStore::new(db);
     // Budgets wide open: these tests are about obeying, not refusing.
@@ -114,18 +127,12 @@ const TRAPS_TERM: &str = "trap 'echo got TERM; exit 0' TERM; while :; do sleep 0
 
 #[test]
 fn restart_pause_resume_and_drain_a_long_running_child_in_place() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = dir.path().join("s.db");
-    let store = store(&db);
-    let mut sidecar = Running(
-        sidecar_on(
-            &db,
-            "steered",
-            &["--stop-timeout", "10s"],
-            &["sh", "-c", TRAPS_TERM],
-        )
-        .spawn()
-        .expect("spawn"),
+    let (_dir, db, store) = fixture();
+    let mut sidecar = run_sidecar(
+        &db,
+        "steered",
+        &["--stop-timeout", "10s"],
+        &["sh", "-c", TRAPS_TERM],
     );
     let first = wait_for(&store, "steered", "the first child in the row", |r| {
         child_pid(r).is_some() && field(r, "state") == "active"
@@ -194,18 +201,12 @@ fn restart_pause_resume_and_drain_a_long_running_child_in_place() {
 
 #[test]
 fn a_child_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = dir.path().join("s.db");
-    let store = store(&db);
-    let sidecar = Running(
-        sidecar_on(
-            &db,
-            "stubborn",
-            &["--stop-timeout", "1s"],
-            &["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"],
-        )
-        .spawn()
-        .expect("spawn"),
+    let (_dir, db, store) = fixture();
+    let sidecar = run_sidecar(
+        &db,
+        "stubborn",
+        &["--stop-timeout", "1s"],
+        &["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"],
     );
     let first = wait_for(&store, "stubborn", "the first child", |r| {
         child_pid(r).is_some()
@@ -221,18 +222,12 @@ fn a_child_that_ignores_the_stop_signal_is_killed_after_the_stop_timeout() {
 
 #[test]
 fn a_pause_signal_pauses_the_child_where_it_is() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = dir.path().join("s.db");
-    let store = store(&db);
-    let sidecar = Running(
-        sidecar_on(
-            &db,
-            "frozen",
-            &["--pause-signal", "STOP", "--resume-signal", "CONT"],
-            &["sh", "-c", TRAPS_TERM],
-        )
-        .spawn()
-        .expect("spawn"),
+    let (_dir, db, store) = fixture();
+    let sidecar = run_sidecar(
+        &db,
+        "frozen",
+        &["--pause-signal", "STOP", "--resume-signal", "CONT"],
+        &["sh", "-c", TRAPS_TERM],
     );
     let first = wait_for(&store, "frozen", "the first child", |r| {
         child_pid(r).is_some()
@@ -270,16 +265,10 @@ fn process_state(pid: i32) -> Option<char> {
 
 #[test]
 fn every_runs_on_schedule_skips_while_paused_and_run_now_runs_one() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = dir.path().join("s.db");
-    let store = store(&db);
+    let (dir, db, store) = fixture();
     let runs_file = dir.path().join("runs");
     let script = format!("echo run >> {}", runs_file.display());
-    let sidecar = Running(
-        sidecar_on(&db, "periodic", &["--every", "1s"], &["sh", "-c", &script])
-            .spawn()
-            .expect("spawn"),
-    );
+    let sidecar = run_sidecar(&db, "periodic", &["--every", "1s"], &["sh", "-c", &script]);
     let counted = || {
         std::fs::read_to_string(&runs_file)
             .map(|s| s.lines().count())
@@ -330,18 +319,12 @@ fn every_runs_on_schedule_skips_while_paused_and_run_now_runs_one() {
 
 #[test]
 fn a_failed_run_records_its_exit_code_and_stderr() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = dir.path().join("s.db");
-    let store = store(&db);
-    let sidecar = Running(
-        sidecar_on(
-            &db,
-            "flaky",
-            &["--every", "1s"],
-            &["sh", "-c", "echo 'upstream said 502' >&2; exit 3"],
-        )
-        .spawn()
-        .expect("spawn"),
+    let (_dir, db, store) = fixture();
+    let sidecar = run_sidecar(
+        &db,
+        "flaky",
+        &["--every", "1s"],
+        &["sh", "-c", "echo 'upstream said 502' >&2; exit 3"],
     );
     let r = wait_for(&store, "flaky", "a failed run", |r| {
         field(r, "run_state") == "failed"
@@ -370,9 +353,7 @@ fn once(db: &Path, name: &str, command: &[&str]) -> Command {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn once_records_a_run_passes_its_exit_code_and_is_skipped_while_paused() {
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = dir.path().join("s.db");
-    let store = store(&db);
+    let (dir, db, store) = fixture();
 
     let out = output_within(once(&db, "nightly", &["sh", "-c", "echo did it"]), WAIT).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -432,9 +413,7 @@ fn the_socket_answers_state_so_a_child_can_pause_itself() {
         );
         return;
     }
-    let dir = tempfile::tempdir().expect("tmp");
-    let db = dir.path().join("s.db");
-    let store = store(&db);
+    let (_dir, db, store) = fixture();
     let asks = r#"
 import os, socket, time
 while True:
@@ -450,11 +429,7 @@ while True:
 "#;
     // --every: a pause lets the run in flight finish; this one finishes
     // when it reads that it is paused.
-    let sidecar = Running(
-        sidecar_on(&db, "asker", &["--every", "1h"], &["python3", "-c", asks])
-            .spawn()
-            .expect("spawn"),
-    );
+    let sidecar = run_sidecar(&db, "asker", &["--every", "1h"], &["python3", "-c", asks]);
     wait_for(&store, "asker", "the run in flight", |r| {
         field(r, "run_state") == "running"
     });

@@ -337,23 +337,8 @@ impl ControlState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::desired::tests::row;
     use std::sync::Arc;
-
-    fn row(
-        paused: bool,
-        generation: i64,
-        restart: i64,
-        run_now: i64,
-        drain: i64,
-    ) -> DesiredControl {
-        DesiredControl {
-            paused,
-            generation,
-            restart_seq: restart,
-            run_now_seq: run_now,
-            drain_seq: drain,
-        }
-    }
 
     /// The loop helper on a paused clock: the first run at once, then one
     /// per interval; none while paused; run-now while paused runs exactly one;

@@ -104,10 +104,11 @@ pub(crate) fn asked(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row(
+    /// A control row, for this file's tests and control_state's.
+    pub(crate) fn row(
         paused: bool,
         generation: i64,
         restart: i64,
