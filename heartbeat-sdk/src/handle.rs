@@ -329,6 +329,7 @@ fn prepare(builder: HeartbeatBuilder) -> Result<BeatLoop, ConfigError> {
         reporter: valid.reporter,
         interval: valid.interval,
         settle_beat: valid.settle_beat,
+        hold_first_beat: valid.hold_first_beat,
         pool: valid.pool,
         max_run: valid.max_run,
     };

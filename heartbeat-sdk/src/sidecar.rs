@@ -92,3 +92,9 @@ pub fn wait_first_control_read(heartbeat: &Heartbeat, limit: Duration) -> bool {
 pub fn new_instance(heartbeat: &Heartbeat) {
     heartbeat.shared.new_instance();
 }
+
+/// The first child is there (its pid in the probe), or the sidecar decided
+/// to start none (paused): a first beat held by `hold_first_beat` may go.
+pub fn process_ready(heartbeat: &Heartbeat) {
+    heartbeat.shared.process_ready();
+}

@@ -328,75 +328,83 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts reporting and the first child (for `once`, after looking at
-    /// the control row). `Some` when the sidecar ends here.
+    /// Starts reporting, looks at the control row, then starts the first
+    /// child unless operators paused the worker: a deploy, a reboot or PM2
+    /// starting the sidecar again never undoes a pause. The first beat waits
+    /// for that decision, so it has the child's pid. `Some` when the sidecar
+    /// ends here.
     async fn start(&mut self, reporting: Option<Prepared>, strict: bool) -> Option<Exit> {
-        if self.mode == Mode::Once {
-            if let Some(p) = reporting {
-                match p.builder.process_probe(self.probe.clone()).start() {
-                    Ok(hb) => self.attach(hb),
-                    Err(e) if strict => {
-                        eprintln!("heartbeat-sidecar: {e}");
-                        return Some(Exit::Code(USAGE));
-                    }
-                    Err(e) => not_reporting(&anyhow::Error::new(e)),
-                }
-            }
-            if let Some(hb) = &self.heartbeat {
-                if !hooks::wait_first_control_read(hb, FIRST_CONTROL_WAIT) {
-                    tracing::warn!(
-                        "the control row was not read within {FIRST_CONTROL_WAIT:?}: running anyway"
-                    );
-                }
-                if hooks::control_state(hb) == WorkerState::Paused {
-                    tracing::info!(
-                        "skipped: operators paused {} (heartbeat-sidecar resume {} enables it again)",
-                        hb.worker_name(),
-                        hb.worker_name()
-                    );
-                    hooks::finish(hb, FinalState::new(WorkerStatus::Stopped));
-                    return Some(Exit::Code(0));
-                }
-            }
-            return match self.launcher.spawn() {
-                Ok(child) => {
-                    self.take_child(child);
-                    None
-                }
-                Err(e) => Some(self.spawn_failed(&e)),
-            };
-        }
-        let child = match self.launcher.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                let builder = reporting.map(|r| r.builder);
-                return Some(report_spawn_failure(builder, &self.launcher.command[0], &e));
-            }
-        };
-        let Some(pid) = child.id() else {
-            eprintln!("heartbeat-sidecar: the worker ended before it could be watched");
-            return Some(Exit::Code(1));
-        };
-        self.probe.follow(Some(pid));
         if let Some(p) = reporting {
-            match p
+            let mut builder = p
                 .builder
                 .process_probe(self.probe.clone())
-                .metadata("sidecar_pid", self.launcher.parent)
-                .start()
-            {
+                .hold_first_beat();
+            if self.mode != Mode::Once {
+                builder = builder.metadata("sidecar_pid", self.launcher.parent);
+            }
+            match builder.start() {
                 Ok(hb) => self.attach(hb),
                 Err(e) if strict => {
-                    let mut child = child;
-                    let _ = child.start_kill();
                     eprintln!("heartbeat-sidecar: {e}");
                     return Some(Exit::Code(USAGE));
                 }
                 Err(e) => not_reporting(&anyhow::Error::new(e)),
             }
         }
-        self.take_child(child);
-        None
+        let Some(hb) = self.heartbeat.clone() else {
+            return self.start_first();
+        };
+        // A blocking wait of a few seconds at most, off this thread so the
+        // signals that arrive meanwhile are kept for the loop.
+        let read = tokio::task::spawn_blocking({
+            let hb = Arc::clone(&hb);
+            move || hooks::wait_first_control_read(&hb, FIRST_CONTROL_WAIT)
+        })
+        .await
+        .unwrap_or(false);
+        if !read {
+            tracing::warn!(
+                "the control row was not read within {FIRST_CONTROL_WAIT:?}: starting the worker anyway"
+            );
+        }
+        let paused = hooks::control_state(&hb) == WorkerState::Paused;
+        let ended = match (self.mode, paused) {
+            (Mode::Once, true) => {
+                tracing::info!(
+                    "skipped: operators paused {} (resume, or enable, lets it run again)",
+                    hb.worker_name()
+                );
+                hooks::finish(&hb, FinalState::new(WorkerStatus::Stopped));
+                return Some(Exit::Code(0));
+            }
+            (Mode::Long, true) => {
+                tracing::info!("operators paused this worker: it starts when resumed");
+                None
+            }
+            (Mode::Every(_), true) => {
+                // The first run is due; `steer` skips it while paused.
+                self.run_due = true;
+                None
+            }
+            (_, false) => self.start_first(),
+        };
+        hooks::process_ready(&hb);
+        ended
+    }
+
+    /// The first child; a command that cannot be started ends the sidecar
+    /// (the final row says why when reporting).
+    fn start_first(&mut self) -> Option<Exit> {
+        match self.launcher.spawn() {
+            Ok(child) => {
+                self.take_child(child);
+                None
+            }
+            Err(e) if self.heartbeat.is_none() => {
+                Some(report_spawn_failure(&self.launcher.command[0], &e))
+            }
+            Err(e) => Some(self.spawn_failed(&e)),
+        }
     }
 
     fn attach(&mut self, hb: Heartbeat) {
@@ -1019,20 +1027,9 @@ fn spawn_error(program: &str, e: &std::io::Error) -> (i32, String) {
     (code, format!("cannot start {program:?}: {e}"))
 }
 
-fn report_spawn_failure(
-    builder: Option<HeartbeatBuilder>,
-    program: &str,
-    e: &std::io::Error,
-) -> Exit {
+/// Not reporting, the command could not be started: said, and the code.
+fn report_spawn_failure(program: &str, e: &std::io::Error) -> Exit {
     let (code, message) = spawn_error(program, e);
     eprintln!("heartbeat-sidecar: {message}");
-    if let Some(Ok(hb)) = builder.map(HeartbeatBuilder::start) {
-        hooks::finish(
-            &hb,
-            FinalState::new(WorkerStatus::Crashed)
-                .exit_code(code)
-                .last_error(message),
-        );
-    }
     Exit::Code(code)
 }

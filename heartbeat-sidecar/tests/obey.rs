@@ -452,3 +452,65 @@ while True:
         "progress is a known line"
     );
 }
+
+/// A sidecar started again while its worker is paused (a deploy, a reboot,
+/// PM2 bringing it back after a drain) starts no child and runs no job
+/// until resumed: a restart of the sidecar never undoes a pause.
+#[test]
+fn a_sidecar_started_while_paused_starts_nothing_until_resumed() {
+    let (dir, db, store) = fixture();
+    let marker = dir.path().join("started");
+    let script = format!("echo x >> {}; {TRAPS_TERM}", marker.display());
+    let every_marker = dir.path().join("ran");
+    let every_script = format!("echo x >> {}", every_marker.display());
+    for name in ["kept", "scheduled"] {
+        // A row first: control needs to know the worker's pool.
+        let once = run_sidecar(&db, name, &["--every", "1h"], &["true"]);
+        wait_for(&store, name, "a first row", |r| {
+            child_pid(r).is_some() || field(r, "runs_total").as_u64() >= Some(1)
+        });
+        drop(once.stop());
+        ask(&store, "pause", name);
+    }
+    let kept = run_sidecar(&db, "kept", &[], &["sh", "-c", &script]);
+    let scheduled = run_sidecar(
+        &db,
+        "scheduled",
+        &["--every", "1s"],
+        &["sh", "-c", &every_script],
+    );
+    let first = wait_for(&store, "kept", "the restarted sidecar's first row", |r| {
+        field(r, "state") == "paused"
+            && r.uptime_seconds.is_some()
+            && r.status.as_deref() == Some("running")
+    });
+    assert_eq!(child_pid(&first), None, "no child while paused: {first:?}");
+    let later = eventually(
+        WAIT,
+        "three beats of the scheduled one while paused",
+        || {
+            row(&store, "scheduled")
+                .filter(|r| field(r, "state") == "paused" && r.uptime_seconds.unwrap_or(0) >= 3)
+        },
+    );
+    assert!(
+        !marker.exists() && !every_marker.exists(),
+        "nothing ran while paused"
+    );
+    assert_eq!(
+        field(&later, "run_state"),
+        "succeeded",
+        "only the run from before: {later:?}"
+    );
+
+    ask(&store, "resume", "kept");
+    ask(&store, "resume", "scheduled");
+    wait_for(&store, "kept", "a child once resumed", |r| {
+        child_pid(r).is_some()
+    });
+    eventually(WAIT, "a run once resumed", || {
+        every_marker.exists().then_some(())
+    });
+    assert!(marker.exists());
+    drop((kept.stop(), scheduled.stop()));
+}

@@ -37,6 +37,9 @@ pub(crate) struct Identity {
     /// A second beat this soon after the first (the sidecar's child has
     /// loaded by then; its first sample came too early to mean much).
     pub settle_beat: Option<Duration>,
+    /// The first beat waits (at most [`FIRST_BEAT_HOLD`]) for the sidecar's
+    /// word that its child is there.
+    pub hold_first_beat: bool,
     pub pool: String,
     /// A run longer than this reads as hung.
     pub max_run: Option<Duration>,
@@ -88,6 +91,8 @@ enum Woke {
 
 /// How long the look at the row before the first beat may take.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the first beat waits for the sidecar's child.
+const FIRST_BEAT_HOLD: Duration = Duration::from_secs(2);
 /// How long one read of the control row may take.
 const CONTROL_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Writes for a change (a run, control applied) are at least this far apart.
@@ -176,9 +181,18 @@ impl BeatLoop {
         let shared = Arc::clone(&self.shared);
         let start = Instant::now();
         self.warn_if_the_name_is_taken().await;
-        // The first beat already says what control found at start.
+        // The first beat already says what control found at start (and the
+        // sidecar decides from it whether to start its child at all). Both
+        // looks take at most a second each.
         self.read_control(Instant::now() + PEEK_TIMEOUT).await;
         self.shared.control.first_read_done();
+        if self.identity.hold_first_beat {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(Option::is_some) => {}
+                _ = timeout(FIRST_BEAT_HOLD, shared.wait_process_ready()) => {}
+            }
+        }
         let mut next_beat = start;
         'beats: loop {
             let mut following = next_beat + jittered(self.identity.interval, self.rng.f64());
@@ -762,6 +776,7 @@ pub(crate) mod tests {
             reporter: "test".into(),
             interval,
             settle_beat: None,
+            hold_first_beat: false,
             pool: "default".into(),
             max_run: None,
         };

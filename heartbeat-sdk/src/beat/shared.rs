@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     /// A new instance began in this reporter (the sidecar started its child
     /// again): the next row has a new `instance_id` and `started_at`.
     new_instance: std::sync::atomic::AtomicBool,
+    /// The sidecar's child is there (or will not be): the first beat may go.
+    process_ready: Notify,
     stop: watch::Sender<Option<FinalState>>,
     done: Mutex<Option<bool>>,
     done_changed: Condvar,
@@ -38,6 +40,7 @@ impl Shared {
             shutdown_budget,
             row_changed: Notify::new(),
             new_instance: std::sync::atomic::AtomicBool::new(false),
+            process_ready: Notify::new(),
             stop: watch::channel(None).0,
             done: Mutex::new(None),
             done_changed: Condvar::new(),
@@ -58,6 +61,16 @@ impl Shared {
         self.new_instance
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.row_changed();
+    }
+
+    /// The sidecar's first child is there, or it decided to start none.
+    pub fn process_ready(&self) {
+        // One waiter, told once: a permit stored before the wait counts.
+        self.process_ready.notify_one();
+    }
+
+    pub async fn wait_process_ready(&self) {
+        self.process_ready.notified().await;
     }
 
     /// True once after [`new_instance`](Self::new_instance).

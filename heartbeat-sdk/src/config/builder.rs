@@ -39,6 +39,7 @@ pub struct HeartbeatBuilder {
     transport: Option<Box<dyn Transport>>,
     probe: Option<Box<dyn ProcessProbe>>,
     settle_beat: Option<Duration>,
+    hold_first_beat: bool,
     pool: Option<String>,
     control_poll: Option<Duration>,
     max_run: Option<Duration>,
@@ -70,6 +71,7 @@ pub(crate) struct Validated {
     pub version: Option<String>,
     pub reporter: String,
     pub settle_beat: Option<Duration>,
+    pub hold_first_beat: bool,
     pub pool: String,
     /// Where control rows are read; `None` for a transport given in code
     /// or a reporter that does not obey.
@@ -93,6 +95,7 @@ impl HeartbeatBuilder {
             transport: None,
             probe: None,
             settle_beat: None,
+            hold_first_beat: false,
             pool: None,
             control_poll: None,
             max_run: None,
@@ -208,7 +211,15 @@ impl HeartbeatBuilder {
         self
     }
 
-    /// Names what reports, sent as `reporter` (default `heartbeat-sdk/<version>`).
+    /// Holds the first beat (after the first look at the control row) until
+    /// the sidecar says its child is there, or has decided not to start one,
+    /// so the first row has the child's pid; at most two seconds.
+    #[doc(hidden)]
+    pub fn hold_first_beat(mut self) -> Self {
+        self.hold_first_beat = true;
+        self
+    }
+
     /// The worker's pool (default `default`; `HP_POOL`): availability
     /// budgets are per pool. 1 to 128 characters of `[A-Za-z0-9._:-]`.
     pub fn pool(mut self, pool: impl Into<String>) -> Self {
@@ -230,6 +241,7 @@ impl HeartbeatBuilder {
         self
     }
 
+    /// Names what reports, sent as `reporter` (default `heartbeat-sdk/<version>`).
     #[doc(hidden)]
     pub fn reporter(mut self, reporter: impl Into<String>) -> Self {
         self.reporter = reporter.into();
@@ -411,6 +423,7 @@ impl HeartbeatBuilder {
             version: self.version,
             reporter: self.reporter,
             settle_beat: self.settle_beat,
+            hold_first_beat: self.hold_first_beat,
             pool: self.pool.unwrap_or_else(|| env::DEFAULT_POOL.to_owned()),
             control,
             control_poll: self.control_poll.unwrap_or(env::DEFAULT_CONTROL_POLL),
