@@ -507,6 +507,14 @@ impl Supervisor {
         // Off while there is no child: no burst of missed checks after.
         memory_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            // A signal that came while the last event was handled (output
+            // drained, a child reaped) is handled before steering starts
+            // another child.
+            while let Ok(sig) = self.signals.try_recv() {
+                if let Some(exit) = self.signalled(sig) {
+                    return exit;
+                }
+            }
             if let Some(exit) = self.steer() {
                 return exit;
             }
@@ -738,6 +746,16 @@ impl Supervisor {
         });
     }
 
+    /// Whether the child ended as the stop asked: a clean exit, `128 +` the
+    /// signal (as shells do), or the stop signal or SIGKILL itself.
+    fn ended_by_our_stop(&self, status: ExitStatus) -> bool {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => code == 0 || code == 128 + self.stop_signal,
+            (None, Some(sig)) => sig == self.stop_signal || sig == libc::SIGKILL,
+            _ => false,
+        }
+    }
+
     fn check_memory(&mut self) {
         let Some(limit) = self.max_memory else { return };
         let over = self
@@ -808,13 +826,6 @@ impl Supervisor {
                 return Some(Exit::Code(1));
             }
         };
-        // Let the last output through; a grandchild holding the pipe open
-        // must not hold the exit past the budget.
-        let deadline = Instant::now() + self.budget;
-        for done in std::mem::take(&mut w.pumps) {
-            let _ = tokio::time::timeout_at(deadline, done).await;
-        }
-        let tail = tail_text(&w.stderr_tail.lock().map(|t| t.clone()).unwrap_or_default());
         let why = w.stopping.take().map(|s| s.why);
         let in_place = matches!(
             why,
@@ -822,9 +833,17 @@ impl Supervisor {
         );
         if self.launcher.own_group && (in_place || matches!(self.mode, Mode::Every(_))) {
             // Never two at once: what the stopped child or the finished run
-            // left in its group goes before another starts.
+            // left in its group goes before another starts (and no longer
+            // holds the output pipes open).
             end_leftovers(w.pid as i32);
         }
+        // Let the last output through; a grandchild holding the pipe open
+        // must not hold the exit past the budget.
+        let deadline = Instant::now() + self.budget;
+        for done in std::mem::take(&mut w.pumps) {
+            let _ = tokio::time::timeout_at(deadline, done).await;
+        }
+        let tail = tail_text(&w.stderr_tail.lock().map(|t| t.clone()).unwrap_or_default());
         if in_place && self.forwarded_shutdown.is_some() {
             // PM2 or systemd stopped the sidecar while it stopped the worker.
             if let Some(run) = w.run.take() {
@@ -837,6 +856,18 @@ impl Supervisor {
         }
         if in_place {
             let hb = self.heartbeat.clone();
+            if let (Some(hb), false) = (&hb, self.ended_by_our_stop(status)) {
+                // It ended its own way while being stopped: a crash is kept.
+                let how = describe_status(status);
+                hb.job_failed(if tail.is_empty() {
+                    format!(
+                        "{how} while stopping for {}",
+                        why.as_ref().map_or("control", StopFor::verb)
+                    )
+                } else {
+                    format!("{how} while stopping: {tail}")
+                });
+            }
             if let Some(run) = w.run.take() {
                 run.failed(format!(
                     "stopped for {} after {:.1} s",

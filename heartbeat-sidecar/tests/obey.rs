@@ -514,3 +514,28 @@ fn a_sidecar_started_while_paused_starts_nothing_until_resumed() {
     assert!(marker.exists());
     drop((kept.stop(), scheduled.stop()));
 }
+
+/// A worker that crashes while the sidecar stops it for a restart: the
+/// crash is kept in the row (an error, with its stderr), and the worker is
+/// started again as asked.
+#[test]
+fn a_crash_during_a_stop_for_a_restart_is_kept() {
+    let (_dir, db, store) = fixture();
+    let crashes_on_term = "trap 'echo boom on stop >&2; exit 3' TERM; while :; do sleep 0.05; done";
+    let sidecar = run_sidecar(&db, "brittle", &[], &["sh", "-c", crashes_on_term]);
+    let first = wait_for(&store, "brittle", "the first child", |r| {
+        child_pid(r).is_some()
+    });
+    let first_pid = child_pid(&first);
+    ask(&store, "restart", "brittle");
+    let after = wait_for(&store, "brittle", "started again, the crash kept", |r| {
+        child_pid(r).is_some() && child_pid(r) != first_pid && r.error_count >= Some(1)
+    });
+    // The stderr tail may hold the shell's own "Terminated" for its sleep.
+    let said = after.last_error.as_deref().unwrap_or("");
+    assert!(
+        said.starts_with("exit code 3 while stopping: ") && said.ends_with("boom on stop"),
+        "{after:?}"
+    );
+    drop(sidecar);
+}
