@@ -1,8 +1,9 @@
 //! `HP_SIDECAR_SOCKET`: a Unix socket the worker may write lines to, for
 //! exact counts: `job`, `error <message>`, `meta <key> <json>`; and to ask:
 //! `state` is answered with one line, `active`, `paused`, `draining` or
-//! `restarting` (what operators want of it now), for a child that pauses
-//! itself. `progress` is accepted (it will count for the hung watchdog).
+//! `restarting` (what operators want of it now), so a `--every` run can end
+//! early on a pause. `progress` is accepted (it will count for the hung
+//! watchdog).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
