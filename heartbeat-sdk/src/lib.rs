@@ -80,6 +80,7 @@ mod beat;
 mod config;
 mod handle;
 mod model;
+mod operate;
 pub mod read;
 mod run;
 #[doc(hidden)]

@@ -7,10 +7,13 @@ pub use crate::beat::log_limit::LogLimiter;
 pub use crate::beat::probe::{ProcessProbe, ProcessSample, ProcessTree};
 pub use crate::config::env;
 pub use crate::config::target::{StoreChoice, Target};
-pub use crate::model::control::{ControlAnswer, ControlError, ControlRequest, PoolImpact, Verb};
+pub use crate::model::control::{
+    AuditEntry, ControlAnswer, ControlError, ControlRequest, PoolBudget, PoolImpact, Verb,
+};
 pub use crate::model::desired::WorkerState;
 pub use crate::model::row::FinalState;
 pub use crate::model::text::{truncate_message, MAX_LAST_ERROR_BYTES};
+pub use crate::operate::Operator;
 pub use crate::transport::sqlite::SqliteStore;
 
 use crate::config::target::StoreSettings;

@@ -112,12 +112,12 @@ fn no_file_imports_a_file_that_imports_it_back() {
 
 #[test]
 fn the_layers_point_one_way() {
-    // model <- transport <- config <- read / beat <- handle, run <- the facade.
+    // model <- transport <- config <- read, operate / beat <- handle, run <- the facade.
     let rank = |module: &str| match module.split("::").next().unwrap_or("") {
         "model" => 0,
         "transport" => 1,
         "config" => 2,
-        "read" | "beat" => 3,
+        "read" | "operate" | "beat" => 3,
         "handle" | "run" => 4,
         _ => 5,
     };

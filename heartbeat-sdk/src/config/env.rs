@@ -29,6 +29,9 @@ pub const SCHEMA: &str = "HP_SUPABASE_SCHEMA";
 pub const ALLOW_INSECURE_HTTP: &str = "HP_ALLOW_INSECURE_HTTP";
 /// The worker's version (sidecar).
 pub const WORKER_VERSION: &str = "HP_WORKER_VERSION";
+/// A signed-in operator's token for the operator commands (the database
+/// takes the actor from it).
+pub const OPERATOR_JWT: &str = "HP_OPERATOR_JWT";
 /// The worker's pool (budgets are per pool).
 pub const POOL: &str = "HP_POOL";
 /// Seconds between polls of the worker's control row (0: only at beats).

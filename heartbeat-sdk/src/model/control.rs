@@ -180,6 +180,59 @@ pub enum ControlError {
     Store(String),
 }
 
+/// A pool's budget as an operator sees it (`heartbeat-sidecar pool list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolBudget {
+    /// The pool.
+    pub pool: String,
+    /// At most this many of its workers unavailable at once.
+    pub max_unavailable: i64,
+    /// At least this many available.
+    pub min_available: i64,
+    /// Lowering availability needs the pool's name typed.
+    pub protected: bool,
+}
+
+impl PoolBudget {
+    /// A pool with no `hp_pool` row has these.
+    pub fn default_for(pool: &str) -> PoolBudget {
+        let b = Budget::default();
+        PoolBudget {
+            pool: pool.to_owned(),
+            max_unavailable: b.max_unavailable,
+            min_available: b.min_available,
+            protected: b.protected,
+        }
+    }
+}
+
+/// One row of `hp_audit_log`: who asked what, when, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Grows with every row.
+    pub id: i64,
+    /// The store's clock.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Who asked (from the JWT; or `service_role` with a declared `user@host`).
+    pub actor: String,
+    /// The verb, `pool_set`, a rollout step...
+    pub action: String,
+    /// The workers it was about.
+    #[serde(default)]
+    pub workers: Option<Vec<String>>,
+    /// The pool it was about.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Why, as the operator said.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `accepted`, `refused`, `applied`, `failed` or `timed_out`.
+    pub outcome: String,
+    /// The rule, the numbers, the generations.
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
 /// A pool's budget; a pool with no `hp_pool` row has the defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Budget {

@@ -9,6 +9,7 @@ use reqwest::Url;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use crate::model::control::ControlError;
 use crate::model::desired::{DesiredControl, CONTROL_COLUMNS};
 use crate::model::error::{ConfigError, ReadError, SendError};
 use crate::model::key::ApiKey;
@@ -27,6 +28,8 @@ const MAX_ROWS_BODY: usize = 64 * 1024 * 1024;
 pub(crate) const TABLE: &str = "hp_worker_status";
 /// What operators want of each worker (`sql/20261124000001_hp_control.sql`).
 pub(crate) const CONTROL_TABLE: &str = "hp_worker_control";
+/// `hp_control()`'s answer: one object, its lists bounded by the request.
+const MAX_CONTROL_ANSWER: usize = 4 * 1024 * 1024;
 /// A control poll's answer is one small row or none.
 const MAX_CONTROL_BODY: usize = 8 * 1024;
 
@@ -267,6 +270,74 @@ impl PostgrestClient {
         Ok((rows, server_now))
     }
 
+    /// Calls `public.<function>` the way supabase-js's `rpc()` does:
+    /// `POST /rest/v1/rpc/<function>` with the named arguments as a JSON
+    /// object. `bearer` replaces the key's `Authorization` (a signed-in
+    /// operator's token, sent with the publishable key).
+    pub async fn rpc<T: DeserializeOwned>(
+        &self,
+        function: &str,
+        arguments: &serde_json::Value,
+        bearer: Option<&str>,
+    ) -> Result<T, ControlError> {
+        let mut url = self.table.clone();
+        let base = url
+            .path()
+            .trim_end_matches(TABLE)
+            .trim_end_matches('/')
+            .to_owned();
+        url.set_path(&format!("{base}/rpc/{function}"));
+        let mut request = self
+            .client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("content-profile", self.schema.clone())
+            .json(arguments);
+        if let Some(token) = bearer {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                ControlError::Denied(
+                    "HP_OPERATOR_JWT is not a token that can be sent as a header".into(),
+                )
+            })?;
+            value.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ControlError::Store(self.connection_error(e).into_read().to_string()))?;
+        if !response.status().is_success() {
+            return Err(classify_response(response).await.into_control(function));
+        }
+        let body = read_at_most(response, MAX_CONTROL_ANSWER).await;
+        serde_json::from_slice(&body).map_err(|e| {
+            ControlError::Store(format!("{function} answered something unexpected: {e}"))
+        })
+    }
+
+    /// A table of the control migration, all rows (`hp_pool`), or those a
+    /// query picks (`hp_audit_log?...`).
+    pub async fn select_table<T: DeserializeOwned>(
+        &self,
+        table: &str,
+        query: &[(&str, String)],
+    ) -> Result<Vec<T>, ReadError> {
+        let mut url = self.table.clone();
+        let base = url
+            .path()
+            .trim_end_matches(TABLE)
+            .trim_end_matches('/')
+            .to_owned();
+        url.set_path(&format!("{base}/{table}"));
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        Ok(self.get_json(url, MAX_ROWS_BODY).await?.0)
+    }
+
     fn connection_error(&self, e: reqwest::Error) -> Failure {
         if e.is_timeout() {
             return Failure::Timeout(self.request_timeout);
@@ -442,6 +513,31 @@ async fn classify_response(response: reqwest::Response) -> Failure {
 }
 
 impl Failure {
+    /// A control call that failed: bad input (22023) and a denied caller
+    /// (42501) as the database said them; a missing function names the
+    /// migration.
+    fn into_control(self, function: &str) -> ControlError {
+        match self {
+            Failure::Answer { code, message, .. } if code == "22023" || code == "P0001" => {
+                ControlError::Invalid { code, message }
+            }
+            Failure::Answer {
+                kind: AnswerKind::PermissionDenied | AnswerKind::Unauthorized,
+                code,
+                message,
+                ..
+            } => ControlError::Denied(format!(
+                "{message} ({code}): steering needs the secret key (service_role) or HP_OPERATOR_JWT of a user whose app_metadata.hp_role is \"operator\" (docs/control.md)"
+            )),
+            Failure::Answer { code, message, .. } if code == "PGRST202" || code == "42883" => {
+                ControlError::Store(format!(
+                    "{function}() is missing ({code}: {message}): apply sql/20261124000001_hp_control.sql"
+                ))
+            }
+            other => ControlError::Store(other.into_read().to_string()),
+        }
+    }
+
     fn into_send(self) -> SendError {
         match self {
             Failure::Timeout(d) => SendError::Timeout(d),

@@ -10,7 +10,7 @@ use rusqlite::{params_from_iter, Connection, OpenFlags, OptionalExtension};
 use serde_json::{Map, Value};
 
 use crate::model::clock::now_micros;
-use crate::model::control::{ControlAnswer, ControlError, ControlRequest};
+use crate::model::control::{AuditEntry, ControlAnswer, ControlError, ControlRequest, PoolBudget};
 use crate::model::desired::DesiredControl;
 use crate::model::error::{ReadError, SendError};
 use crate::model::row::WorkerRow;
@@ -184,6 +184,27 @@ impl SqliteStore {
                 now_micros(),
             )
         })
+    }
+
+    /// Every pool with a budget row, and every pool a worker names, with
+    /// the defaults where there is no row; by name.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be read.
+    pub fn pools(&self) -> Result<Vec<PoolBudget>, ControlError> {
+        self.with_raw_connection(|conn| sqlite_control::pools(conn))
+    }
+
+    /// The audit log since `since`, about `worker` when given, oldest first.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be read.
+    pub fn audit(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        worker: Option<&str>,
+    ) -> Result<Vec<AuditEntry>, ControlError> {
+        self.with_raw_connection(|conn| sqlite_control::read_audit(conn, since, worker))
     }
 
     fn with_raw_connection<T>(

@@ -10,7 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::{json, Value};
 
 use crate::model::control::{
-    decide, Budget, ControlAnswer, ControlError, ControlRequest, Member, PoolState, Verb,
+    decide, AuditEntry, Budget, ControlAnswer, ControlError, ControlRequest, Member, PoolBudget,
+    PoolState, Verb,
 };
 use crate::model::status_row::StatusRow;
 
@@ -86,6 +87,79 @@ fn invalid(message: String) -> ControlError {
         code: "22023".into(),
         message,
     }
+}
+
+/// Every pool with a budget row or a worker, with the defaults where there
+/// is no row; by name.
+pub(crate) fn pools(conn: &Connection) -> Result<Vec<PoolBudget>, ControlError> {
+    let defaults = PoolBudget::default_for("");
+    let mut statement = conn
+        .prepare(
+            "select p.pool, coalesce(b.max_unavailable, ?1), coalesce(b.min_available, ?2),
+                    coalesce(b.protected, ?3)
+             from (select pool from hp_pool union select pool from hp_worker_status) p
+             left join hp_pool b on b.pool = p.pool
+             order by p.pool",
+        )
+        .map_err(store)?;
+    let rows = statement
+        .query_map(
+            rusqlite::params![
+                defaults.max_unavailable,
+                defaults.min_available,
+                defaults.protected
+            ],
+            |r| {
+                Ok(PoolBudget {
+                    pool: r.get(0)?,
+                    max_unavailable: r.get(1)?,
+                    min_available: r.get(2)?,
+                    protected: r.get(3)?,
+                })
+            },
+        )
+        .and_then(Iterator::collect)
+        .map_err(store)?;
+    Ok(rows)
+}
+
+/// The audit log since `since`, about `worker` when given, oldest first.
+pub(crate) fn read_audit(
+    conn: &Connection,
+    since: Option<DateTime<Utc>>,
+    worker: Option<&str>,
+) -> Result<Vec<AuditEntry>, ControlError> {
+    let mut statement = conn
+        .prepare(
+            "select id, at, actor, action, workers, pool, reason, outcome, detail
+             from hp_audit_log
+             where at >= ?1
+               and (?2 is null or exists (select 1 from json_each(hp_audit_log.workers) w where w.value = ?2))
+             order by id",
+        )
+        .map_err(store)?;
+    let since = since.map_or_else(String::new, stamp);
+    let rows = statement
+        .query_map(rusqlite::params![since, worker], |r| {
+            let workers: Option<String> = r.get(4)?;
+            let detail: Option<String> = r.get(8)?;
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at: parse_time(r.get(1)?).unwrap_or_else(Utc::now),
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                workers: workers.and_then(|t| serde_json::from_str(&t).ok()),
+                pool: r.get(5)?,
+                reason: r.get(6)?,
+                outcome: r.get(7)?,
+                detail: detail
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or(Value::Null),
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(store)?;
+    Ok(rows)
 }
 
 fn store(e: rusqlite::Error) -> ControlError {
