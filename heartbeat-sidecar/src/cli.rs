@@ -49,6 +49,130 @@ pub enum Command {
     /// Exit codes: 0 all healthy, 1 a worker is stale, crashed or has its breaker open, 2 could not read.
     #[command(after_help = KEY_HELP)]
     Status(StatusArgs),
+    /// Pause workers: they take no new work, finish the job in hand and stay up.
+    #[command(after_help = STEER_HELP)]
+    Pause(SteerArgs),
+    /// Resume paused or drained workers.
+    #[command(after_help = STEER_HELP)]
+    Resume(SteerArgs),
+    /// Drain workers: pause them and end their current work now.
+    #[command(after_help = STEER_HELP)]
+    Drain(SteerArgs),
+    /// Restart workers: finish the current work and come back active.
+    #[command(after_help = STEER_HELP)]
+    Restart(SteerArgs),
+    /// Start one run of each worker at once.
+    #[command(name = "run-now", after_help = STEER_HELP)]
+    RunNow(SteerArgs),
+    /// Enable workers (the admin page's name for resume).
+    #[command(after_help = STEER_HELP)]
+    Enable(SteerArgs),
+    /// Disable workers (the admin page's name for pause): scheduled jobs skip their runs.
+    #[command(after_help = STEER_HELP)]
+    Disable(SteerArgs),
+    /// Pool budgets: how many workers may be down at once.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// The audit log: who asked what, when, and how it ended.
+    #[command(after_help = KEY_HELP)]
+    Audit(AuditArgs),
+}
+
+const STEER_HELP: &str = "Every request goes through hp_control() (or the same rule in the local store), which \
+refuses what would leave a pool with more workers down than its budget allows. Before acting the command shows \
+which workers and what each pool's availability becomes; on a terminal it asks to confirm, otherwise pass --yes \
+(and --confirm POOL for a whole pool or a protected one). Exit codes: 0 accepted (and with --wait, applied), \
+1 refused (the rule and the numbers are printed), 2 bad names or a store it cannot reach, 3 --wait timed out. \
+With the secret key the actor is recorded as service_role plus $USER@host; HP_OPERATOR_JWT (a signed-in \
+operator's token) lets the database take it from the token.";
+
+#[derive(Debug, Args)]
+pub struct SteerArgs {
+    /// The workers (names as `heartbeat-sidecar status` lists them).
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "pool",
+        conflicts_with = "pool"
+    )]
+    pub names: Vec<String>,
+    /// Every worker of this pool instead.
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Why, for the audit log (at most 500 bytes).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// Do not ask: needed without a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// The pool's name, for a whole pool, a protected pool or --force.
+    #[arg(long, value_name = "POOL")]
+    pub confirm: Option<String>,
+    /// Go over the pool's budget (needs --confirm POOL).
+    #[arg(long)]
+    pub force: bool,
+    /// Follow the workers until each reports the new state.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait follows them.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Print the answer as JSON (and no questions: needs --yes).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Every pool: its members, how many are available, its budget.
+    #[command(after_help = KEY_HELP)]
+    List(PoolListArgs),
+    /// Set a pool's budget (what is not given stays).
+    #[command(after_help = KEY_HELP)]
+    Set(PoolSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolListArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolSetArgs {
+    /// The pool.
+    #[arg(value_name = "POOL")]
+    pub pool: String,
+    /// At most this many of its workers unavailable at once.
+    #[arg(long, value_name = "N")]
+    pub max_unavailable: Option<i64>,
+    /// At least this many available.
+    #[arg(long, value_name = "N")]
+    pub min_available: Option<i64>,
+    /// Whether lowering its availability needs its name typed.
+    #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+    pub protected: Option<bool>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// How far back (e.g. 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub since: std::time::Duration,
+    /// Only the rows about this worker.
+    #[arg(long, value_name = "NAME")]
+    pub worker: Option<String>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Where rows are read and written. URL, store and schema are also read from

@@ -6,6 +6,7 @@ mod cli;
 mod exit;
 mod group;
 mod lines;
+mod operate;
 mod output;
 mod run;
 mod socket;
@@ -42,6 +43,15 @@ fn main() {
         match cli.command {
             cli::Command::Run(args) => run::run(args).await,
             cli::Command::Once(args) => run::once(args).await,
+            cli::Command::Pause(args) => operate::steer("pause", args).await,
+            cli::Command::Resume(args) => operate::steer("resume", args).await,
+            cli::Command::Drain(args) => operate::steer("drain", args).await,
+            cli::Command::Restart(args) => operate::steer("restart", args).await,
+            cli::Command::RunNow(args) => operate::steer("run-now", args).await,
+            cli::Command::Enable(args) => operate::steer("enable", args).await,
+            cli::Command::Disable(args) => operate::steer("disable", args).await,
+            cli::Command::Pool(command) => operate::pool(command).await,
+            cli::Command::Audit(args) => operate::audit(args).await,
             cli::Command::Check(args) => check::check(args).await,
             cli::Command::Status(args) => status::status(args).await,
         }

@@ -1,0 +1,568 @@
+//! The operator commands: `pause|resume|drain|restart|run-now|enable|disable`,
+//! `pool list|set` and `audit`. Every request goes through `hp_control()`
+//! (Supabase) or the same rule in the local store; this module shows the
+//! impact first, asks, sends, and with `--wait` follows the workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use heartbeat_sdk::read::{Reader, Snapshot};
+use heartbeat_sdk::sidecar::{
+    env, ControlAnswer, ControlError, ControlRequest, Operator, PoolBudget,
+};
+use heartbeat_sdk::{Health, StatusRow};
+use serde_json::{json, Value};
+
+use crate::cli::{AuditArgs, PoolCommand, PoolListArgs, PoolSetArgs, SteerArgs};
+use crate::exit::{Exit, USAGE};
+
+/// A request was refused by a rule.
+const REFUSED: i32 = 1;
+/// `--wait` ran out of time.
+const TIMED_OUT: i32 = 3;
+/// How often `--wait` reads the rows.
+const WAIT_POLL: Duration = Duration::from_millis(500);
+
+fn fail(code: i32, message: impl std::fmt::Display) -> Exit {
+    eprintln!("heartbeat-sidecar: {message}");
+    Exit::Code(code)
+}
+
+/// Opens the read side and the operator side of the store the flags name.
+fn open(store: &crate::cli::StoreArgs) -> Result<(Reader, Operator), Exit> {
+    let settings = store.settings().map_err(|e| fail(USAGE, e))?;
+    let reader = Reader::open(&settings).map_err(|e| fail(USAGE, e))?;
+    let token = std::env::var(env::OPERATOR_JWT).ok();
+    let operator = Operator::open(&settings, token).map_err(|e| fail(USAGE, e))?;
+    Ok((reader, operator))
+}
+
+/// `$USER@host`, recorded as declared next to `service_role`.
+fn declared_actor() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{user}@{host}")
+}
+
+fn field<'a>(row: &'a StatusRow, key: &str) -> &'a Value {
+    row.extra.get(key).unwrap_or(&Value::Null)
+}
+
+fn pool_of(row: &StatusRow) -> String {
+    field(row, "pool")
+        .as_str()
+        .unwrap_or(env::DEFAULT_POOL)
+        .to_owned()
+}
+
+fn state_of(row: &StatusRow) -> &str {
+    field(row, "state").as_str().unwrap_or("active")
+}
+
+/// Taking work now: health running and not paused or on its way out.
+fn available(row: &StatusRow, snapshot: &Snapshot) -> bool {
+    row.health(snapshot.now) == Health::Running && state_of(row) == "active"
+}
+
+/// Whether the verb lowers availability (and so meets the budget).
+fn lowers(action: &str) -> bool {
+    matches!(action, "pause" | "disable" | "drain" | "restart")
+}
+
+/// The `controls` key a verb is honoured under.
+fn control_key(action: &str) -> &str {
+    match action {
+        "disable" => "pause",
+        "enable" | "resume" => "resume",
+        other => other,
+    }
+}
+
+/// `steer`'s impact: what it prints before acting, and what `--json` says.
+struct Impact {
+    lines: Vec<String>,
+    /// The one pool a name must be typed for, when one must.
+    name_needed: Option<String>,
+}
+
+fn impact(
+    action: &str,
+    targets: &[&StatusRow],
+    snapshot: &Snapshot,
+    budgets: &BTreeMap<String, PoolBudget>,
+    whole_pool: bool,
+    force: bool,
+) -> Impact {
+    let names: Vec<&str> = targets.iter().map(|r| r.worker_name.as_str()).collect();
+    let mut lines = vec![format!("{action} {}", names.join(", "))];
+    let pools: BTreeSet<String> = targets.iter().map(|r| pool_of(r)).collect();
+    let mut name_needed = None;
+    for pool in &pools {
+        let members: Vec<&StatusRow> = snapshot
+            .rows
+            .iter()
+            .filter(|r| pool_of(r) == *pool)
+            .collect();
+        let before = members.iter().filter(|r| available(r, snapshot)).count();
+        let hit = targets
+            .iter()
+            .filter(|r| pool_of(r) == *pool && available(r, snapshot))
+            .count();
+        let after = if lowers(action) { before - hit } else { before };
+        let budget = budgets
+            .get(pool)
+            .cloned()
+            .unwrap_or_else(|| PoolBudget::default_for(pool));
+        lines.push(format!(
+            "  pool {pool}: {} workers, available {before} -> {after}{} (budget: at most {} down, at least {} up{})",
+            members.len(),
+            if lowers(action) { "" } else { " or more" },
+            budget.max_unavailable,
+            budget.min_available,
+            if budget.protected { ", protected" } else { "" },
+        ));
+        if lowers(action) && (whole_pool || budget.protected || force) {
+            name_needed = Some(pool.clone());
+        }
+    }
+    let mut finish_in: Option<f64> = None;
+    for r in targets {
+        let doing = match (
+            field(r, "run_state").as_str(),
+            field(r, "run_started_at").as_str(),
+        ) {
+            (Some("running"), Some(started)) => {
+                let since = chrono::DateTime::parse_from_rfc3339(started)
+                    .map(|t| {
+                        (snapshot.now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0
+                    })
+                    .unwrap_or(0.0);
+                if let Some(took) = field(r, "last_run_ms").as_f64() {
+                    let left = (took / 1000.0 - since).max(0.0);
+                    finish_in = Some(finish_in.map_or(left, |f: f64| f.max(left)));
+                }
+                format!("run in flight for {since:.0} s")
+            }
+            _ => "no run in flight".to_owned(),
+        };
+        let minutes = r.uptime_seconds.unwrap_or(0).max(1) as f64 / 60.0;
+        let per_minute = r.jobs_processed.unwrap_or(0) as f64 / minutes;
+        lines.push(format!(
+            "  {:<24} {:<8} {:<10} {doing}, {per_minute:.1} jobs/min",
+            r.worker_name,
+            r.health(snapshot.now).as_str(),
+            state_of(r),
+        ));
+        let how = field(r, "controls")[control_key(action)]
+            .as_str()
+            .map(str::to_owned);
+        match how.as_deref() {
+            Some("no") => lines.push(format!(
+                "  {} does not honour {action}: its row says so (the request is recorded; nothing changes until it does)",
+                r.worker_name
+            )),
+            Some(how) => lines.push(format!("  {}: {action} {how}", r.worker_name)),
+            None => {}
+        }
+    }
+    if let Some(left) = finish_in {
+        lines.push(format!(
+            "  the runs in flight should finish in about {left:.0} s (from their last durations)"
+        ));
+    }
+    Impact { lines, name_needed }
+}
+
+/// Asks on the terminal; true to go on.
+fn confirm_on_terminal(name_needed: Option<&str>) -> bool {
+    let prompt = match name_needed {
+        Some(pool) => format!("type the pool's name ({pool}) to go on: "),
+        None => "go on? [y/N] ".to_owned(),
+    };
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    if std::io::stdin().lock().read_line(&mut answer).is_err() {
+        return false;
+    }
+    let answer = answer.trim();
+    match name_needed {
+        Some(pool) => answer == pool,
+        None => matches!(answer, "y" | "Y" | "yes"),
+    }
+}
+
+/// `heartbeat-sidecar pause|resume|drain|restart|run-now|enable|disable`.
+pub async fn steer(action: &str, args: SteerArgs) -> Exit {
+    // `run-now` on the command line, `run_now` in the store.
+    let action = &action.replace('-', "_");
+    let (reader, operator) = match open(&args.store) {
+        Ok(both) => both,
+        Err(exit) => return exit,
+    };
+    let snapshot = match reader.fetch().await {
+        Ok(s) => s,
+        Err(e) => {
+            return fail(
+                USAGE,
+                format!("cannot read the workers from {}: {e}", reader.describe()),
+            )
+        }
+    };
+    let targets: Vec<&StatusRow> = match &args.pool {
+        Some(pool) => {
+            let members: Vec<&StatusRow> = snapshot
+                .rows
+                .iter()
+                .filter(|r| pool_of(r) == *pool)
+                .collect();
+            if members.is_empty() {
+                return fail(USAGE, format!("pool {pool:?} has no workers (`heartbeat-sidecar pool list` shows the pools)"));
+            }
+            members
+        }
+        None => {
+            let mut found = Vec::new();
+            for name in &args.names {
+                match snapshot.rows.iter().find(|r| r.worker_name == *name) {
+                    Some(r) => found.push(r),
+                    None => {
+                        return fail(
+                            USAGE,
+                            format!("no worker named {name:?} in {} (`heartbeat-sidecar status` lists them)", reader.describe()),
+                        )
+                    }
+                }
+            }
+            found
+        }
+    };
+    let budgets: BTreeMap<String, PoolBudget> = operator
+        .pools()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| (b.pool.clone(), b))
+        .collect();
+    let impact = impact(
+        action,
+        &targets,
+        &snapshot,
+        &budgets,
+        args.pool.is_some(),
+        args.force,
+    );
+    if !args.json {
+        for line in &impact.lines {
+            println!("{line}");
+        }
+    }
+    let mut confirm = args.confirm.clone();
+    let asks = std::io::stdin().is_terminal() && !args.yes && !args.json;
+    if asks {
+        if !confirm_on_terminal(impact.name_needed.as_deref()) {
+            return fail(USAGE, "not confirmed: nothing was asked of the workers");
+        }
+        confirm = confirm.or(impact.name_needed.clone());
+    } else if !args.yes {
+        return fail(
+            USAGE,
+            "not a terminal: pass --yes to act (and --confirm POOL where a pool's name is needed)",
+        );
+    } else if let Some(pool) = &impact.name_needed {
+        if confirm.as_deref() != Some(pool) {
+            return fail(
+                USAGE,
+                format!("this takes down a whole or protected pool, or forces its budget: pass --confirm {pool}"),
+            );
+        }
+    }
+    let mut request = match &args.pool {
+        Some(pool) => ControlRequest::pool(action.clone(), pool.clone()),
+        None => ControlRequest::workers(action.clone(), args.names.clone()),
+    };
+    request.reason = args.reason.clone();
+    request.confirm = confirm;
+    request.force = args.force;
+    if !operator.signed_in() {
+        request.actor = Some(declared_actor());
+    }
+    let answer = match operator.control(&request).await {
+        Ok(a) => a,
+        Err(ControlError::Invalid { message, .. }) => return fail(USAGE, message),
+        Err(e) => return fail(USAGE, e),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+    }
+    if !answer.accepted() {
+        if !args.json {
+            println!(
+                "refused ({}): {}",
+                answer.rule.as_deref().unwrap_or("rule"),
+                answer.message
+            );
+        }
+        return Exit::Code(REFUSED);
+    }
+    if !args.json {
+        println!("accepted (audit #{}): {}", answer.audit_id, answer.message);
+    }
+    if args.wait {
+        return follow(&reader, action, &answer, &targets, args.timeout, args.json).await;
+    }
+    Exit::Code(0)
+}
+
+/// What a worker's row says once it has applied `action`.
+fn applied(action: &str, row: &StatusRow, generation: i64, before: Option<&str>) -> bool {
+    let seen = field(row, "control_generation").as_i64().unwrap_or(-1) >= generation;
+    let state = state_of(row);
+    seen && match action {
+        "pause" | "disable" => state == "paused",
+        "drain" => state == "paused" || state == "draining",
+        "resume" | "enable" => state == "active",
+        // Back as a new instance, or on its way out to its supervisor.
+        "restart" => {
+            (state == "active" && row.instance_id.as_deref() != before) || state == "restarting"
+        }
+        _ => true,
+    }
+}
+
+/// `--wait`: a line per worker as it applies the request; exit 3 naming who
+/// did not within the timeout.
+async fn follow(
+    reader: &Reader,
+    action: &str,
+    answer: &ControlAnswer,
+    targets: &[&StatusRow],
+    timeout: Duration,
+    json: bool,
+) -> Exit {
+    let generations = answer.generations.clone().unwrap_or_default();
+    let instances: BTreeMap<String, Option<String>> = targets
+        .iter()
+        .map(|r| (r.worker_name.clone(), r.instance_id.clone()))
+        .collect();
+    let mut waiting: BTreeSet<String> = generations.keys().cloned().collect();
+    let started = Instant::now();
+    let mut last: BTreeMap<String, StatusRow> = BTreeMap::new();
+    while !waiting.is_empty() && started.elapsed() < timeout {
+        tokio::time::sleep(WAIT_POLL).await;
+        let Ok(snapshot) = reader.fetch().await else {
+            continue;
+        };
+        for row in snapshot.rows {
+            if !waiting.contains(&row.worker_name) {
+                continue;
+            }
+            let generation = generations.get(&row.worker_name).copied().unwrap_or(0);
+            let before = instances.get(&row.worker_name).cloned().flatten();
+            if applied(action, &row, generation, before.as_deref()) {
+                if !json {
+                    println!(
+                        "  {} {} after {:.1} s",
+                        row.worker_name,
+                        state_of(&row),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                waiting.remove(&row.worker_name);
+            } else {
+                last.insert(row.worker_name.clone(), row);
+            }
+        }
+    }
+    if waiting.is_empty() {
+        return Exit::Code(0);
+    }
+    let who: Vec<String> = waiting
+        .iter()
+        .map(|name| match last.get(name) {
+            Some(r) => format!(
+                "{name} (state {}, generation {} of {})",
+                state_of(r),
+                field(r, "control_generation").as_i64().unwrap_or(0),
+                generations.get(name).copied().unwrap_or(0)
+            ),
+            None => name.clone(),
+        })
+        .collect();
+    fail(
+        TIMED_OUT,
+        format!(
+            "not applied within {}: {}",
+            humantime::format_duration(timeout),
+            who.join(", ")
+        ),
+    )
+}
+
+/// `heartbeat-sidecar pool list|set`.
+pub async fn pool(command: PoolCommand) -> Exit {
+    match command {
+        PoolCommand::List(args) => pool_list(args).await,
+        PoolCommand::Set(args) => pool_set(args).await,
+    }
+}
+
+async fn pool_list(args: PoolListArgs) -> Exit {
+    let (reader, operator) = match open(&args.store) {
+        Ok(both) => both,
+        Err(exit) => return exit,
+    };
+    let snapshot = match reader.fetch().await {
+        Ok(s) => s,
+        Err(e) => return fail(USAGE, e),
+    };
+    let mut budgets: BTreeMap<String, PoolBudget> = match operator.pools().await {
+        Ok(b) => b.into_iter().map(|b| (b.pool.clone(), b)).collect(),
+        Err(e) => return fail(USAGE, e),
+    };
+    for row in &snapshot.rows {
+        let pool = pool_of(row);
+        budgets
+            .entry(pool.clone())
+            .or_insert_with(|| PoolBudget::default_for(&pool));
+    }
+    let rows: Vec<Value> = budgets
+        .values()
+        .map(|b| {
+            let members: Vec<&StatusRow> = snapshot
+                .rows
+                .iter()
+                .filter(|r| pool_of(r) == b.pool)
+                .collect();
+            json!({
+                "pool": b.pool,
+                "members": members.len(),
+                "available": members.iter().filter(|r| available(r, &snapshot)).count(),
+                "max_unavailable": b.max_unavailable,
+                "min_available": b.min_available,
+                "protected": b.protected,
+            })
+        })
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return Exit::Code(0);
+    }
+    println!(
+        "{:<24} {:>7} {:>9} {:>15} {:>13} {:>9}",
+        "POOL", "MEMBERS", "AVAILABLE", "MAX_UNAVAILABLE", "MIN_AVAILABLE", "PROTECTED"
+    );
+    for r in &rows {
+        let n = |key: &str| r[key].as_i64().unwrap_or(0);
+        println!(
+            "{:<24} {:>7} {:>9} {:>15} {:>13} {:>9}",
+            r["pool"].as_str().unwrap_or(""),
+            n("members"),
+            n("available"),
+            n("max_unavailable"),
+            n("min_available"),
+            if r["protected"] == true { "yes" } else { "no" },
+        );
+    }
+    Exit::Code(0)
+}
+
+async fn pool_set(args: PoolSetArgs) -> Exit {
+    if args.max_unavailable.is_none() && args.min_available.is_none() && args.protected.is_none() {
+        return fail(
+            USAGE,
+            "say what to set: --max-unavailable N, --min-available N or --protected true|false",
+        );
+    }
+    let (_, operator) = match open(&args.store) {
+        Ok(both) => both,
+        Err(exit) => return exit,
+    };
+    let actor = (!operator.signed_in()).then(declared_actor);
+    match operator
+        .pool_set(
+            &args.pool,
+            args.max_unavailable,
+            args.min_available,
+            args.protected,
+            actor.as_deref(),
+        )
+        .await
+    {
+        Ok(answer) => {
+            println!(
+                "pool {}: at most {} down, at least {} up{} (audit #{})",
+                args.pool,
+                answer["max_unavailable"],
+                answer["min_available"],
+                if answer["protected"] == true {
+                    ", protected"
+                } else {
+                    ""
+                },
+                answer["audit_id"]
+            );
+            Exit::Code(0)
+        }
+        Err(e) => fail(USAGE, e),
+    }
+}
+
+/// `heartbeat-sidecar audit`.
+pub async fn audit(args: AuditArgs) -> Exit {
+    let (_, operator) = match open(&args.store) {
+        Ok(both) => both,
+        Err(exit) => return exit,
+    };
+    let since = chrono::Duration::from_std(args.since)
+        .ok()
+        .map(|d| Utc::now() - d);
+    let entries = match operator.audit(since, args.worker.as_deref()).await {
+        Ok(e) => e,
+        Err(e) => return fail(USAGE, e),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_default()
+        );
+        return Exit::Code(0);
+    }
+    if entries.is_empty() {
+        println!("Nothing in the audit log for that time.");
+        return Exit::Code(0);
+    }
+    println!(
+        "{:<20} {:<32} {:<10} {:<9} {:<28} REASON",
+        "AT", "ACTOR", "ACTION", "OUTCOME", "WORKERS"
+    );
+    for e in entries {
+        let workers = match (&e.workers, &e.pool) {
+            (Some(w), _) if !w.is_empty() => w.join(","),
+            (_, Some(pool)) => format!("pool {pool}"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<20} {:<32} {:<10} {:<9} {:<28} {}",
+            e.at.format("%Y-%m-%d %H:%M:%S"),
+            e.actor,
+            e.action,
+            e.outcome,
+            workers,
+            e.reason.unwrap_or_default()
+        );
+    }
+    Exit::Code(0)
+}
