@@ -686,3 +686,53 @@ async fn a_project_without_the_control_migration_still_takes_every_beat() {
         Some("stopped".into())
     );
 }
+
+/// Supabase answers at most 1,000 rows to one request: the read side asks
+/// page after page in one stable order until a page is short, so a fleet of
+/// 2,500 is read whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_read_side_pages_past_supabases_1000_row_cap() {
+    struct Paged;
+    impl wiremock::Respond for Paged {
+        fn respond(&self, req: &wiremock::Request) -> ResponseTemplate {
+            let q = |k: &str| {
+                req.url
+                    .query_pairs()
+                    .find(|(key, _)| key == k)
+                    .and_then(|(_, v)| v.parse::<usize>().ok())
+            };
+            // db-max-rows = 1000, whatever the client asks for.
+            let limit = q("limit").unwrap_or(usize::MAX).min(1000);
+            let offset = q("offset").unwrap_or(0);
+            let rows: Vec<Value> = (offset..2500)
+                .take(limit)
+                .map(|i| serde_json::json!({"worker_name": format!("w-{i:05}"), "status": "running"}))
+                .collect();
+            ResponseTemplate::new(200).set_body_json(rows)
+        }
+    }
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(TABLE_PATH))
+        .and(query_param("order", "worker_name.asc"))
+        .respond_with(Paged)
+        .mount(&server)
+        .await;
+    let settings = heartbeat_sdk::StoreSettings::default()
+        .url(server.uri())
+        .key(SECRET_KEY, "the test");
+    let reader = heartbeat_sdk::read::Reader::open(&settings).expect("open");
+    let snapshot = reader.fetch().await.expect("fetch");
+    let names: Vec<&str> = snapshot
+        .rows
+        .iter()
+        .map(|r| r.worker_name.as_str())
+        .collect();
+    assert_eq!(names.len(), 2500);
+    assert!(
+        names.windows(2).all(|w| w[0] < w[1]),
+        "one stable order, no row twice"
+    );
+    let pages = server.received_requests().await.unwrap_or_default().len();
+    assert_eq!(pages, 3, "1,000 + 1,000 + 500");
+}

@@ -24,6 +24,8 @@ const MAX_ERROR_BODY: usize = 8 * 1024;
 /// The most of one read of rows (a page of up to 1,000 rows is ~2 MiB).
 const MAX_ROWS_BODY: usize = 64 * 1024 * 1024;
 
+/// Rows asked for in one read of the whole table: Supabase's default cap.
+pub(crate) const PAGE_ROWS: usize = 1000;
 /// The table every row goes to.
 pub(crate) const TABLE: &str = "hp_worker_status";
 /// What operators want of each worker (`sql/20261124000001_hp_control.sql`).
@@ -204,12 +206,29 @@ impl PostgrestClient {
 
     /// Every row, ordered by worker name, with the server's clock (its `Date`
     /// header) so that staleness does not depend on the reader's clock.
+    ///
+    /// Read a page at a time: Supabase answers at most 1,000 rows to one
+    /// request (`db-max-rows`), so a fleet larger than that is read in pages
+    /// of [`PAGE_ROWS`], in the same stable order, until a page is short.
     pub async fn select_status(
         &self,
     ) -> Result<(Vec<StatusRow>, Option<DateTime<Utc>>), ReadError> {
-        let mut url = self.table.clone();
-        url.set_query(Some("select=*&order=worker_name.asc"));
-        self.get_rows(url).await
+        let mut all = Vec::new();
+        let mut server_now = None;
+        loop {
+            let mut url = self.table.clone();
+            url.set_query(Some(&format!(
+                "select=*&order=worker_name.asc&limit={PAGE_ROWS}&offset={}",
+                all.len()
+            )));
+            let (rows, now) = self.get_rows(url).await?;
+            server_now = server_now.or(now);
+            let short = rows.len() < PAGE_ROWS;
+            all.extend(rows);
+            if short {
+                return Ok((all, server_now));
+            }
+        }
     }
 
     /// `worker`'s control row if its generation is above `above`:
