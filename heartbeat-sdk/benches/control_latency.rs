@@ -93,21 +93,7 @@ fn local_store(names: &[String], at: &[Duration]) -> (Vec<Duration>, usize) {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("bench.db");
     let store = SqliteStore::new(&path);
-    let workers: Vec<Heartbeat> = names
-        .iter()
-        .map(|n| {
-            Heartbeat::builder(n.clone())
-                .local_store(&path)
-                .handle_signals(false)
-                .start()
-                .expect("start")
-        })
-        .inspect(|hb| {
-            // A worker whose code checks for a pause (the row reports a
-            // pause only for such a worker, see docs/sdk.md).
-            let _ = hb.should_pause();
-        })
-        .collect();
+    let workers = start_workers(names, |b| b.local_store(&path));
     wait_until("every worker's first row", || {
         store.read_all().is_ok_and(|rows| rows.len() == names.len())
     });
@@ -242,22 +228,9 @@ fn mocked_postgrest(names: &[String], at: &[Duration]) -> ((Vec<Duration>, usize
             .await;
         server
     });
-    let workers: Vec<Heartbeat> = names
-        .iter()
-        .map(|n| {
-            Heartbeat::builder(n.clone())
-                .url(server.uri())
-                .key("sb_secret_FAKE_bench_key")
-                .handle_signals(false)
-                .start()
-                .expect("start")
-        })
-        .inspect(|hb| {
-            // A worker whose code checks for a pause (the row reports a
-            // pause only for such a worker, see docs/sdk.md).
-            let _ = hb.should_pause();
-        })
-        .collect();
+    let workers = start_workers(names, |b| {
+        b.url(server.uri()).key("sb_secret_FAKE_bench_key")
+    });
     wait_until("every worker's first beat", || {
         status.writes.load(std::sync::atomic::Ordering::Relaxed) >= names.len() as u64
     });
@@ -282,6 +255,25 @@ fn mocked_postgrest(names: &[String], at: &[Duration]) -> ((Vec<Duration>, usize
     drop(workers);
     drop(server);
     (result, per_minute)
+}
+
+/// One worker per name, each configured by `store`; each one's code checks
+/// for a pause (the row reports a pause only for such a worker, docs/sdk.md).
+fn start_workers(
+    names: &[String],
+    store: impl Fn(heartbeat_sdk::HeartbeatBuilder) -> heartbeat_sdk::HeartbeatBuilder,
+) -> Vec<Heartbeat> {
+    names
+        .iter()
+        .map(|n| {
+            let hb = store(Heartbeat::builder(n.clone()))
+                .handle_signals(false)
+                .start()
+                .expect("start");
+            let _ = hb.should_pause();
+            hb
+        })
+        .collect()
 }
 
 fn wait_until(what: &str, done: impl Fn() -> bool) {

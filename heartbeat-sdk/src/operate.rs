@@ -5,11 +5,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::config::target::{StoreSettings, Target};
+use crate::config::target::StoreSettings;
 use crate::model::control::{AuditEntry, ControlAnswer, ControlError, ControlRequest, PoolBudget};
 use crate::model::error::ConfigError;
-use crate::transport::postgrest::PostgrestClient;
-use crate::transport::sqlite::SqliteStore;
+use crate::transport::Store;
 
 /// Steers workers through the store `settings` point to.
 pub struct Operator {
@@ -17,13 +16,6 @@ pub struct Operator {
     /// A signed-in operator's token (`HP_OPERATOR_JWT`): the database takes
     /// the actor from it. Never printed.
     operator_token: Option<String>,
-}
-
-#[derive(Debug)]
-enum Store {
-    Local(SqliteStore),
-    // Boxed: a client is much larger than a store path.
-    Supabase(Box<PostgrestClient>),
 }
 
 impl std::fmt::Debug for Operator {
@@ -46,13 +38,7 @@ impl Operator {
         operator_token: Option<String>,
     ) -> Result<Operator, ConfigError> {
         let (target, _) = settings.resolve_for_reading()?;
-        let store = match target {
-            Target::Local(path) => Store::Local(SqliteStore::new(path)),
-            Target::Supabase(config) => Store::Supabase(Box::new(PostgrestClient::new(
-                &config,
-                concat!("heartbeat-sidecar/", env!("CARGO_PKG_VERSION")),
-            )?)),
-        };
+        let store = target.into_store(concat!("heartbeat-sidecar/", env!("CARGO_PKG_VERSION")))?;
         Ok(Operator {
             store,
             operator_token: operator_token.filter(|t| !t.trim().is_empty()),

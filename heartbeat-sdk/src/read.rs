@@ -14,12 +14,11 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::target::{StoreSettings, Target};
+use crate::config::target::StoreSettings;
 use crate::model::error::{ConfigError, ReadError};
 use crate::model::health::Health;
 use crate::model::status_row::StatusRow;
-use crate::transport::postgrest::PostgrestClient;
-use crate::transport::sqlite::SqliteStore;
+use crate::transport::Store;
 
 /// Every row at one moment, and that moment by the store's clock when it
 /// says (Supabase's `Date` header), so staleness does not depend on the
@@ -51,17 +50,10 @@ impl Snapshot {
 /// as needed: the HTTP connection is reused.
 #[derive(Debug)]
 pub struct Reader {
-    source: Source,
+    source: Store,
     description: String,
     /// The local stores looked at when none was named (for the message when none exists).
     looked_at: Vec<std::path::PathBuf>,
-}
-
-#[derive(Debug)]
-enum Source {
-    Local(SqliteStore),
-    // Boxed: a client is much larger than a store path.
-    Supabase(Box<PostgrestClient>),
 }
 
 impl Reader {
@@ -72,13 +64,7 @@ impl Reader {
     pub fn open(settings: &StoreSettings) -> Result<Reader, ConfigError> {
         let (target, looked_at) = settings.resolve_for_reading()?;
         let description = target.describe();
-        let source = match target {
-            Target::Local(path) => Source::Local(SqliteStore::new(path)),
-            Target::Supabase(config) => Source::Supabase(Box::new(PostgrestClient::new(
-                &config,
-                concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION")),
-            )?)),
-        };
+        let source = target.into_store(concat!("heartbeat-sdk/", env!("CARGO_PKG_VERSION")))?;
         Ok(Reader {
             source,
             description,
@@ -97,7 +83,7 @@ impl Reader {
     /// A [`ReadError`] saying what is wrong and the fix.
     pub async fn fetch(&self) -> Result<Snapshot, ReadError> {
         match &self.source {
-            Source::Local(store) => {
+            Store::Local(store) => {
                 if !store.path().exists() && !self.looked_at.is_empty() {
                     let places: Vec<String> = self
                         .looked_at
@@ -118,7 +104,7 @@ impl Reader {
                     now: Utc::now(),
                 })
             }
-            Source::Supabase(client) => {
+            Store::Supabase(client) => {
                 let (rows, server_now) = client.select_status().await?;
                 Ok(Snapshot {
                     rows,

@@ -13,7 +13,7 @@ use crate::model::error::ConfigError;
 use crate::model::key::ApiKey;
 use crate::transport::postgrest::{PostgrestClient, PostgrestConfig};
 use crate::transport::sqlite::SqliteStore;
-use crate::transport::{ControlSource, Transport};
+use crate::transport::{ControlSource, Store, Transport};
 
 /// `HP_STORE`: which store to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +54,16 @@ impl Target {
             Target::Supabase(c) => crate::transport::postgrest::describe(&c.url),
             Target::Local(p) => crate::transport::sqlite::describe(p),
         }
+    }
+
+    /// The store, to read from or steer through; `agent` names the client.
+    pub(crate) fn into_store(self, agent: &str) -> Result<Store, ConfigError> {
+        Ok(match self {
+            Target::Local(path) => Store::Local(SqliteStore::new(path)),
+            Target::Supabase(config) => {
+                Store::Supabase(Box::new(PostgrestClient::new(&config, agent)?))
+            }
+        })
     }
 
     /// The transport, and the same store as the source of control rows.

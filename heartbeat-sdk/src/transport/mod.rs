@@ -53,6 +53,15 @@ pub type ReadFuture<'a> =
 /// What [`Transport::send`] returns.
 pub(crate) type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SendError>> + Send + 'a>>;
 
+/// One store to read from or steer through: the local file, or Supabase's
+/// REST API (the read side and the operator side both hold one).
+#[derive(Debug)]
+pub(crate) enum Store {
+    Local(sqlite::SqliteStore),
+    // Boxed: a client is much larger than a store path.
+    Supabase(Box<postgrest::PostgrestClient>),
+}
+
 /// Reads one worker's control row: the beat loop's poll. Not part of
 /// [`Transport`]: a transport a user writes sends rows and obeys nothing.
 pub(crate) trait ControlSource: Send + 'static {

@@ -83,6 +83,8 @@ pub(crate) struct PostgrestClient {
     client: reqwest::Client,
     table: Url,
     control_table: Url,
+    /// `{SUPABASE_URL}/rest/v1`, for RPCs and the control migration's tables.
+    rest: Url,
     schema: HeaderValue,
     request_timeout: Duration,
     description: String,
@@ -144,6 +146,7 @@ impl PostgrestClient {
             client,
             table: rest(TABLE),
             control_table: rest(CONTROL_TABLE),
+            rest: rest(""),
             schema,
             request_timeout: config.request_timeout,
             description: describe(&config.url),
@@ -299,13 +302,7 @@ impl PostgrestClient {
         arguments: &serde_json::Value,
         bearer: Option<&str>,
     ) -> Result<T, ControlError> {
-        let mut url = self.table.clone();
-        let base = url
-            .path()
-            .trim_end_matches(TABLE)
-            .trim_end_matches('/')
-            .to_owned();
-        url.set_path(&format!("{base}/rpc/{function}"));
+        let url = self.rest_url(&format!("rpc/{function}"));
         let mut request = self
             .client
             .post(url)
@@ -341,13 +338,7 @@ impl PostgrestClient {
         table: &str,
         query: &[(&str, String)],
     ) -> Result<Vec<T>, ReadError> {
-        let mut url = self.table.clone();
-        let base = url
-            .path()
-            .trim_end_matches(TABLE)
-            .trim_end_matches('/')
-            .to_owned();
-        url.set_path(&format!("{base}/{table}"));
+        let mut url = self.rest_url(table);
         {
             let mut pairs = url.query_pairs_mut();
             for (k, v) in query {
@@ -355,6 +346,16 @@ impl PostgrestClient {
             }
         }
         Ok(self.get_json(url, MAX_ROWS_BODY).await?.0)
+    }
+
+    /// `{SUPABASE_URL}/rest/v1/<path>`.
+    fn rest_url(&self, path: &str) -> Url {
+        let mut url = self.rest.clone();
+        url.set_path(&format!(
+            "{}/{path}",
+            self.rest.path().trim_end_matches('/')
+        ));
+        url
     }
 
     fn connection_error(&self, e: reqwest::Error) -> Failure {
