@@ -13,41 +13,38 @@ use crate::transport::Store;
 /// Steers workers through the store `settings` point to.
 pub struct Operator {
     store: Store,
-    /// A signed-in operator's token (`HP_OPERATOR_JWT`): the database takes
-    /// the actor from it. Never printed.
-    operator_token: Option<String>,
+    /// A signed-in operator's token goes with every request (the database
+    /// takes the actor from it).
+    signed_in: bool,
 }
 
 impl std::fmt::Debug for Operator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Operator")
             .field("store", &self.store)
-            .field("signed_in", &self.operator_token.is_some())
+            .field("signed_in", &self.signed_in)
             .finish()
     }
 }
 
 impl Operator {
-    /// Opens the store (nothing is sent yet). `operator_token` is a signed-in
-    /// operator's JWT, sent as the bearer with the configured key.
+    /// Opens the store (nothing is sent yet); a signed-in operator's token
+    /// is [`StoreSettings::operator_token`].
     ///
     /// # Errors
     /// A [`ConfigError`] for a missing or malformed setting.
-    pub fn open(
-        settings: &StoreSettings,
-        operator_token: Option<String>,
-    ) -> Result<Operator, ConfigError> {
+    pub fn open(settings: &StoreSettings) -> Result<Operator, ConfigError> {
         let (target, _) = settings.resolve_for_reading()?;
         let store = target.into_store(concat!("heartbeat-sidecar/", env!("CARGO_PKG_VERSION")))?;
         Ok(Operator {
             store,
-            operator_token: operator_token.filter(|t| !t.trim().is_empty()),
+            signed_in: settings.operator_token.is_some(),
         })
     }
 
     /// Whether the actor is taken from a signed-in operator's token.
     pub fn signed_in(&self) -> bool {
-        self.operator_token.is_some()
+        self.signed_in
     }
 
     /// One control request: `hp_control()`.
@@ -64,9 +61,7 @@ impl Operator {
             Store::Supabase(client) => {
                 let arguments = serde_json::to_value(request)
                     .map_err(|e| ControlError::Store(format!("cannot write the request: {e}")))?;
-                client
-                    .rpc("hp_control", &arguments, self.operator_token.as_deref())
-                    .await
+                client.rpc("hp_control", &arguments).await
             }
         }
     }
@@ -106,9 +101,7 @@ impl Operator {
                     "protected": protected,
                     "actor": actor,
                 });
-                client
-                    .rpc("hp_pool_set", &arguments, self.operator_token.as_deref())
-                    .await
+                client.rpc("hp_pool_set", &arguments).await
             }
         }
     }
@@ -155,17 +148,34 @@ impl Operator {
                 blocking(move || store.audit(since, worker.as_deref())).await
             }
             Store::Supabase(client) => {
-                let mut query = vec![("select", "*".to_owned()), ("order", "id.asc".to_owned())];
-                if let Some(t) = since {
-                    query.push(("at", format!("gte.{}", t.to_rfc3339())));
+                // Page after page past the 1,000-row cap, after the last id seen.
+                let mut all: Vec<AuditEntry> = Vec::new();
+                loop {
+                    let mut query = vec![
+                        ("select", "*".to_owned()),
+                        ("order", "id.asc".to_owned()),
+                        ("limit", "1000".to_owned()),
+                    ];
+                    if let Some(t) = since {
+                        query.push(("at", format!("gte.{}", t.to_rfc3339())));
+                    }
+                    if let Some(w) = worker {
+                        query.push(("workers", format!("cs.{{{w}}}")));
+                    }
+                    let last = all.last().map(|e| e.id);
+                    if let Some(id) = last {
+                        query.push(("id", format!("gt.{id}")));
+                    }
+                    let page: Vec<AuditEntry> = client
+                        .select_table("hp_audit_log", &query)
+                        .await
+                        .map_err(|e| ControlError::Store(e.to_string()))?;
+                    let before = all.len();
+                    all.extend(page.into_iter().filter(|e| last.is_none_or(|l| e.id > l)));
+                    if all.len() == before {
+                        return Ok(all);
+                    }
                 }
-                if let Some(w) = worker {
-                    query.push(("workers", format!("cs.{{{w}}}")));
-                }
-                client
-                    .select_table("hp_audit_log", &query)
-                    .await
-                    .map_err(|e| ControlError::Store(e.to_string()))
             }
         }
     }

@@ -687,9 +687,9 @@ async fn a_project_without_the_control_migration_still_takes_every_beat() {
     );
 }
 
-/// Supabase answers at most 1,000 rows to one request: the read side asks
-/// page after page in one stable order until a page is short, so a fleet of
-/// 2,500 is read whole.
+/// Supabase answers at most 1,000 rows to one request (a project may set
+/// fewer): the read side asks page after page after the last name seen
+/// until a page is empty, so a fleet of 2,500 is read whole.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_read_side_pages_past_supabases_1000_row_cap() {
     struct Paged;
@@ -701,10 +701,19 @@ async fn the_read_side_pages_past_supabases_1000_row_cap() {
                     .find(|(key, _)| key == k)
                     .and_then(|(_, v)| v.parse::<usize>().ok())
             };
-            // db-max-rows = 1000, whatever the client asks for.
-            let limit = q("limit").unwrap_or(usize::MAX).min(1000);
-            let offset = q("offset").unwrap_or(0);
-            let rows: Vec<Value> = (offset..2500)
+            // db-max-rows = 700 here (a project may lower Supabase's 1,000),
+            // whatever the client asks for.
+            let limit = q("limit").unwrap_or(usize::MAX).min(700);
+            let after = req
+                .url
+                .query_pairs()
+                .find(|(k, _)| k == "worker_name")
+                .and_then(|(_, v)| {
+                    v.strip_prefix("gt.w-")
+                        .and_then(|n| n.parse::<usize>().ok())
+                });
+            let from = after.map_or(0, |n| n + 1);
+            let rows: Vec<Value> = (from..2500)
                 .take(limit)
                 .map(|i| serde_json::json!({"worker_name": format!("w-{i:05}"), "status": "running"}))
                 .collect();
@@ -734,5 +743,5 @@ async fn the_read_side_pages_past_supabases_1000_row_cap() {
         "one stable order, no row twice"
     );
     let pages = server.received_requests().await.unwrap_or_default().len();
-    assert_eq!(pages, 3, "1,000 + 1,000 + 500");
+    assert_eq!(pages, 5, "700 + 700 + 700 + 400, then an empty page");
 }

@@ -82,8 +82,20 @@ impl Respond for Paged {
                 .and_then(|(_, v)| v.parse::<usize>().ok())
         };
         let limit = q("limit").unwrap_or(usize::MAX).min(1000);
-        let offset = q("offset").unwrap_or(0).min(self.rows.len());
-        let page: Vec<&Value> = self.rows[offset..].iter().take(limit).collect();
+        // `worker_name=gt.<last>`: the rows are in name order.
+        let after = req
+            .url
+            .query_pairs()
+            .find(|(k, _)| k == "worker_name")
+            .map(|(_, v)| v.trim_start_matches("gt.").to_owned());
+        let from = after.map_or(0, |last| {
+            self.rows.partition_point(|r| {
+                r["worker_name"]
+                    .as_str()
+                    .is_some_and(|n| n <= last.as_str())
+            })
+        });
+        let page: Vec<&Value> = self.rows[from..].iter().take(limit).collect();
         ResponseTemplate::new(200).set_body_json(page)
     }
 }

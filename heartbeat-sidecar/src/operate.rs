@@ -32,10 +32,17 @@ fn fail(code: i32, message: impl std::fmt::Display) -> Exit {
 
 /// Opens the read side and the operator side of the store the flags name.
 fn open(store: &crate::cli::StoreArgs) -> Result<(Reader, Operator), Exit> {
-    let settings = store.settings().map_err(|e| fail(USAGE, e))?;
+    let mut settings = store.settings().map_err(|e| fail(USAGE, e))?;
+    // A signed-in operator's token goes with every request, reads included
+    // (with the publishable key alone they read nothing).
+    if let Ok(token) = std::env::var(env::OPERATOR_JWT) {
+        settings = settings.operator_token(token);
+        if let Ok(key) = std::env::var(env::PUBLISHABLE_KEY) {
+            settings = settings.key(key, env::PUBLISHABLE_KEY);
+        }
+    }
     let reader = Reader::open(&settings).map_err(|e| fail(USAGE, e))?;
-    let token = std::env::var(env::OPERATOR_JWT).ok();
-    let operator = Operator::open(&settings, token).map_err(|e| fail(USAGE, e))?;
+    let operator = Operator::open(&settings).map_err(|e| fail(USAGE, e))?;
     Ok((reader, operator))
 }
 
@@ -89,6 +96,8 @@ struct Impact {
     lines: Vec<String>,
     /// The one pool a name must be typed for, when one must.
     name_needed: Option<String>,
+    /// Two pools that both need their name: one request cannot confirm both.
+    name_conflict: Option<String>,
 }
 
 fn impact(
@@ -103,6 +112,7 @@ fn impact(
     let mut lines = vec![format!("{action} {}", names.join(", "))];
     let pools: BTreeSet<String> = targets.iter().map(|r| pool_of(r)).collect();
     let mut name_needed = None;
+    let mut name_conflict = None;
     for pool in &pools {
         let members: Vec<&StatusRow> = snapshot
             .rows
@@ -114,20 +124,36 @@ fn impact(
             .iter()
             .filter(|r| pool_of(r) == *pool && available(r, snapshot))
             .count();
-        let after = if lowers(action) { before - hit } else { before };
+        let back = targets
+            .iter()
+            .filter(|r| {
+                pool_of(r) == *pool
+                    && r.health(snapshot.now) == Health::Running
+                    && state_of(r) == "paused"
+            })
+            .count();
+        let after = if lowers(action) {
+            before.saturating_sub(hit)
+        } else if matches!(action, "resume" | "enable") {
+            before + back
+        } else {
+            before
+        };
         let budget = budgets
             .get(pool)
             .cloned()
             .unwrap_or_else(|| PoolBudget::default_for(pool));
         lines.push(format!(
-            "  pool {pool}: {} workers, available {before} -> {after}{} (budget: at most {} down, at least {} up{})",
+            "  pool {pool}: {} workers, available {before} -> {after} (budget: at most {} down, at least {} up{})",
             members.len(),
-            if lowers(action) { "" } else { " or more" },
             budget.max_unavailable,
             budget.min_available,
             if budget.protected { ", protected" } else { "" },
         ));
         if lowers(action) && (whole_pool || budget.protected || force) {
+            if let Some(other) = &name_needed {
+                name_conflict = Some(format!("{other} and {pool}"));
+            }
             name_needed = Some(pool.clone());
         }
     }
@@ -176,7 +202,11 @@ fn impact(
             "  the runs in flight should finish in about {left:.0} s (from their last durations)"
         ));
     }
-    Impact { lines, name_needed }
+    Impact {
+        lines,
+        name_needed,
+        name_conflict,
+    }
 }
 
 /// Asks on the terminal; true to go on.
@@ -229,7 +259,9 @@ pub async fn steer(action: &str, args: SteerArgs) -> Exit {
         }
         None => {
             let mut found = Vec::new();
-            for name in &args.names {
+            let mut seen = BTreeSet::new();
+            // A name given twice is one worker.
+            for name in args.names.iter().filter(|n| seen.insert(n.as_str())) {
                 match snapshot.rows.iter().find(|r| r.worker_name == *name) {
                     Some(r) => found.push(r),
                     None => {
@@ -243,13 +275,11 @@ pub async fn steer(action: &str, args: SteerArgs) -> Exit {
             found
         }
     };
-    let budgets: BTreeMap<String, PoolBudget> = operator
-        .pools()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|b| (b.pool.clone(), b))
-        .collect();
+    // Without the budgets a protected pool would look unprotected.
+    let budgets: BTreeMap<String, PoolBudget> = match operator.pools().await {
+        Ok(b) => b.into_iter().map(|b| (b.pool.clone(), b)).collect(),
+        Err(e) => return fail(USAGE, format!("cannot read the pools' budgets: {e}")),
+    };
     let impact = impact(
         action,
         &targets,
@@ -262,6 +292,12 @@ pub async fn steer(action: &str, args: SteerArgs) -> Exit {
         for line in &impact.lines {
             println!("{line}");
         }
+    }
+    if let Some(pools) = &impact.name_conflict {
+        return fail(
+            USAGE,
+            format!("pools {pools} each need their name confirmed: ask one pool at a time"),
+        );
     }
     let mut confirm = args.confirm.clone();
     let asks = std::io::stdin().is_terminal() && !args.yes && !args.json;
@@ -318,23 +354,25 @@ pub async fn steer(action: &str, args: SteerArgs) -> Exit {
         println!("accepted (audit #{}): {}", answer.audit_id, answer.message);
     }
     if args.wait {
-        return follow(&reader, action, &answer, &targets, args.timeout, args.json).await;
+        return follow(&reader, action, &answer, args.timeout, args.json).await;
     }
     Exit::Code(0)
 }
 
 /// What a worker's row says once it has applied `action`.
-fn applied(action: &str, row: &StatusRow, generation: i64, before: Option<&str>) -> bool {
+fn applied(action: &str, row: &StatusRow, generation: i64) -> bool {
     let seen = field(row, "control_generation").as_i64().unwrap_or(-1) >= generation;
     let state = state_of(row);
+    // The state and the generation are written in one row: a row that has
+    // seen the request's generation and is in the state it asks for has
+    // done it (a restart that is over reads active again).
     seen && match action {
         "pause" | "disable" => state == "paused",
-        "drain" => state == "paused" || state == "draining",
-        "resume" | "enable" => state == "active",
-        // Back as a new instance, or on its way out to its supervisor.
-        "restart" => {
-            (state == "active" && row.instance_id.as_deref() != before) || state == "restarting"
+        // Stopped and paused (the sidecar), or exited for its supervisor (an SDK worker).
+        "drain" => {
+            state == "paused" || (state == "draining" && row.status.as_deref() == Some("stopped"))
         }
+        "resume" | "enable" | "restart" => state == "active",
         _ => true,
     }
 }
@@ -345,15 +383,10 @@ async fn follow(
     reader: &Reader,
     action: &str,
     answer: &ControlAnswer,
-    targets: &[&StatusRow],
     timeout: Duration,
     json: bool,
 ) -> Exit {
     let generations = answer.generations.clone().unwrap_or_default();
-    let instances: BTreeMap<String, Option<String>> = targets
-        .iter()
-        .map(|r| (r.worker_name.clone(), r.instance_id.clone()))
-        .collect();
     let mut waiting: BTreeSet<String> = generations.keys().cloned().collect();
     let started = Instant::now();
     let mut last: BTreeMap<String, StatusRow> = BTreeMap::new();
@@ -367,8 +400,7 @@ async fn follow(
                 continue;
             }
             let generation = generations.get(&row.worker_name).copied().unwrap_or(0);
-            let before = instances.get(&row.worker_name).cloned().flatten();
-            if applied(action, &row, generation, before.as_deref()) {
+            if applied(action, &row, generation) {
                 if !json {
                     println!(
                         "  {} {} after {:.1} s",
@@ -528,7 +560,7 @@ pub async fn audit(args: AuditArgs) -> Exit {
     };
     let since = chrono::Duration::from_std(args.since)
         .ok()
-        .map(|d| Utc::now() - d);
+        .and_then(|d| Utc::now().checked_sub_signed(d));
     let entries = match operator.audit(since, args.worker.as_deref()).await {
         Ok(e) => e,
         Err(e) => return fail(USAGE, e),

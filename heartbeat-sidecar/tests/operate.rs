@@ -21,7 +21,8 @@ fn worker(db: &Path, name: &str, pool: &str) -> Child {
     let mut c = sidecar();
     c.env("HP_STORE", db)
         .env("HP_CONTROL_POLL_SECS", "0")
-        .env("HP_HEARTBEAT_INTERVAL_SECS", "1")
+        // 2 s beats: a late beat on a busy machine does not make it stale.
+        .env("HP_HEARTBEAT_INTERVAL_SECS", "2")
         .env("HP_LOG", "warn")
         .args(["run", "--name", name, "--pool", pool, "--"])
         .args([
@@ -328,4 +329,59 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// A signed-in operator: `HP_OPERATOR_JWT` is the bearer of every request,
+/// the reads included, with the publishable key; no actor is declared (the
+/// database takes it from the token).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_in_operator_sends_the_token_on_every_request() {
+    // {"alg":"HS256","typ":"JWT"}.{"role":"authenticated"}, signature obviously fake.
+    let token =
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb2xlIjoiYXV0aGVudGljYXRlZCJ9.FAKE_operator";
+    let publishable = "sb_publishable_FAKE_operator_test";
+    let bearer = format!("Bearer {token}");
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/rest/v1/hp_worker_status"))
+        .and(header("authorization", bearer.as_str()))
+        .and(header("apikey", publishable))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([{
+            "worker_name": "orders-1", "status": "running", "pool": "orders",
+            "last_heartbeat": chrono::Utc::now().to_rfc3339(), "heartbeat_interval_seconds": 30
+        }])))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/rest/v1/hp_pool"))
+        .and(header("authorization", bearer.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([])))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rest/v1/rpc/hp_control"))
+        .and(header("authorization", bearer.as_str()))
+        .and(header("apikey", publishable))
+        .and(body_json(
+            json!({"action": "resume", "workers": ["orders-1"], "force": false}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "outcome": "accepted", "action": "resume", "rule": null, "message": "resume orders-1",
+            "workers": ["orders-1"], "pool": "orders", "available_before": 1, "available_after": 1,
+            "forced": false, "pools": [], "audit_id": 9
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut cmd = sidecar();
+    cmd.env("SUPABASE_URL", server.uri())
+        .env("HP_OPERATOR_JWT", token)
+        .env("SUPABASE_PUBLISHABLE_KEY", publishable)
+        .args(["resume", "orders-1", "--yes"]);
+    let out = output_within(cmd, WAIT).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !text(&out).contains("FAKE_operator"),
+        "neither token nor key shows"
+    );
 }

@@ -91,6 +91,9 @@ enum Woke {
 
 /// How long the look at the row before the first beat may take.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the first control read may take when the sidecar waits on it
+/// (the sidecar gives up at 5 s and starts its child anyway).
+const FIRST_READ_FOR_SIDECAR: Duration = Duration::from_secs(4);
 /// How long the first beat waits for the sidecar's child.
 const FIRST_BEAT_HOLD: Duration = Duration::from_secs(2);
 /// How long one read of the control row may take.
@@ -184,7 +187,14 @@ impl BeatLoop {
         // The first beat already says what control found at start (and the
         // sidecar decides from it whether to start its child at all). Both
         // looks take at most a second each.
-        self.read_control(Instant::now() + PEEK_TIMEOUT).await;
+        // The sidecar waits on this read before it starts its child (a paused
+        // worker must not start): it may take longer than a peek.
+        let first_read = if self.identity.hold_first_beat {
+            FIRST_READ_FOR_SIDECAR
+        } else {
+            PEEK_TIMEOUT
+        };
+        self.read_control(Instant::now() + first_read).await;
         self.shared.control.first_read_done();
         if self.identity.hold_first_beat {
             tokio::select! {

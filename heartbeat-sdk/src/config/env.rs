@@ -32,6 +32,8 @@ pub const WORKER_VERSION: &str = "HP_WORKER_VERSION";
 /// A signed-in operator's token for the operator commands (the database
 /// takes the actor from it).
 pub const OPERATOR_JWT: &str = "HP_OPERATOR_JWT";
+/// The project's publishable key, sent with [`OPERATOR_JWT`].
+pub const PUBLISHABLE_KEY: &str = "SUPABASE_PUBLISHABLE_KEY";
 /// The worker's pool (budgets are per pool).
 pub const POOL: &str = "HP_POOL";
 /// Seconds between polls of the worker's control row (0: only at beats).

@@ -120,6 +120,8 @@ pub struct StoreSettings {
     pub(crate) allow_insecure_http: Option<bool>,
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
+    /// A signed-in operator's token, sent as the bearer with the key.
+    pub(crate) operator_token: Option<ApiKey>,
     /// The first malformed environment value seen, reported by `resolve`.
     pub(crate) env_error: Option<ConfigError>,
 }
@@ -134,6 +136,7 @@ impl Default for StoreSettings {
             allow_insecure_http: None,
             connect_timeout: env::DEFAULT_CONNECT_TIMEOUT,
             request_timeout: env::DEFAULT_REQUEST_TIMEOUT,
+            operator_token: None,
             env_error: None,
         }
     }
@@ -163,6 +166,15 @@ impl StoreSettings {
             key: ApiKey::new(key),
             source: source.into(),
         });
+        self
+    }
+
+    /// A signed-in operator's token (`HP_OPERATOR_JWT`), sent as
+    /// `Authorization: Bearer` on every request with the (publishable) key,
+    /// so the database knows the operator. Never printed.
+    pub fn operator_token(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.operator_token = (!token.trim().is_empty()).then(|| ApiKey::new(token));
         self
     }
 
@@ -313,12 +325,15 @@ impl StoreSettings {
                 source_name: source,
             });
         }
-        if key.is_publishable() {
+        // A signed-in operator's token speaks for the request: then the
+        // publishable (or legacy anon) key is the right one to send with it.
+        let operator = self.operator_token.is_some();
+        if key.is_publishable() && !operator {
             return Err(ConfigError::PublishableKey {
                 source_name: source,
             });
         }
-        if key.jwt_claims().and_then(|c| c.role).as_deref() == Some("anon") {
+        if !operator && key.jwt_claims().and_then(|c| c.role).as_deref() == Some("anon") {
             return Err(ConfigError::AnonKey {
                 source_name: source,
             });
@@ -339,6 +354,7 @@ impl StoreSettings {
         Ok(PostgrestConfig {
             url,
             key,
+            bearer: self.operator_token.clone(),
             schema,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,

@@ -42,6 +42,8 @@ pub struct PostgrestConfig {
     pub url: Url,
     /// Secret, service_role, or a worker-scoped JWT.
     pub(crate) key: ApiKey,
+    /// A signed-in operator's token: the bearer instead of the key.
+    pub(crate) bearer: Option<ApiKey>,
     /// Schema holding the table (`Content-Profile` / `Accept-Profile`).
     pub schema: String,
     /// TCP + TLS connect timeout.
@@ -114,8 +116,13 @@ impl PostgrestClient {
         let mut key = HeaderValue::from_str(config.key.expose()).map_err(|_| bad_key())?;
         key.set_sensitive(true);
         headers.insert("apikey", key);
-        if config.key.is_jwt() {
-            let mut bearer = HeaderValue::from_str(&format!("Bearer {}", config.key.expose()))
+        // An operator's token speaks for the operator; else a JWT key is the bearer.
+        let bearer = config
+            .bearer
+            .as_ref()
+            .or(config.key.is_jwt().then_some(&config.key));
+        if let Some(token) = bearer {
+            let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
                 .map_err(|_| bad_key())?;
             bearer.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, bearer);
@@ -211,24 +218,36 @@ impl PostgrestClient {
     /// header) so that staleness does not depend on the reader's clock.
     ///
     /// Read a page at a time: Supabase answers at most 1,000 rows to one
-    /// request (`db-max-rows`), so a fleet larger than that is read in pages
-    /// of [`PAGE_ROWS`], in the same stable order, until a page is short.
+    /// request (`db-max-rows`, which a project may set lower), so the rows
+    /// are read in pages after the last name seen (`worker_name=gt.<last>`,
+    /// which no row added or removed meanwhile can shift), until a page is
+    /// empty.
     pub async fn select_status(
         &self,
     ) -> Result<(Vec<StatusRow>, Option<DateTime<Utc>>), ReadError> {
-        let mut all = Vec::new();
+        let mut all: Vec<StatusRow> = Vec::new();
         let mut server_now = None;
         loop {
             let mut url = self.table.clone();
-            url.set_query(Some(&format!(
-                "select=*&order=worker_name.asc&limit={PAGE_ROWS}&offset={}",
-                all.len()
-            )));
+            url.query_pairs_mut()
+                .append_pair("select", "*")
+                .append_pair("order", "worker_name.asc")
+                .append_pair("limit", &PAGE_ROWS.to_string());
+            if let Some(last) = all.last() {
+                url.query_pairs_mut()
+                    .append_pair("worker_name", &format!("gt.{}", last.worker_name));
+            }
             let (rows, now) = self.get_rows(url).await?;
             server_now = server_now.or(now);
-            let short = rows.len() < PAGE_ROWS;
-            all.extend(rows);
-            if short {
+            // A server that ignores the filter would send the same page
+            // again: only names past the last one count, and none ends it.
+            let before = all.len();
+            let last = all.last().map(|r| r.worker_name.clone());
+            all.extend(
+                rows.into_iter()
+                    .filter(|r| last.as_ref().is_none_or(|l| r.worker_name > *l)),
+            );
+            if all.len() == before {
                 return Ok((all, server_now));
             }
         }
@@ -294,30 +313,19 @@ impl PostgrestClient {
 
     /// Calls `public.<function>` the way supabase-js's `rpc()` does:
     /// `POST /rest/v1/rpc/<function>` with the named arguments as a JSON
-    /// object. `bearer` replaces the key's `Authorization` (a signed-in
-    /// operator's token, sent with the publishable key).
+    /// object (an operator's token, when configured, is the bearer).
     pub async fn rpc<T: DeserializeOwned>(
         &self,
         function: &str,
         arguments: &serde_json::Value,
-        bearer: Option<&str>,
     ) -> Result<T, ControlError> {
         let url = self.rest_url(&format!("rpc/{function}"));
-        let mut request = self
+        let request = self
             .client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("content-profile", self.schema.clone())
             .json(arguments);
-        if let Some(token) = bearer {
-            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                ControlError::Denied(
-                    "HP_OPERATOR_JWT is not a token that can be sent as a header".into(),
-                )
-            })?;
-            value.set_sensitive(true);
-            request = request.header(reqwest::header::AUTHORIZATION, value);
-        }
         let response = request
             .send()
             .await

@@ -23,6 +23,8 @@ pub fn sidecar() -> Command {
         "HP_HEARTBEAT_INTERVAL_SECS",
         "HP_SUPABASE_SCHEMA",
         "NODE_APP_INSTANCE",
+        "HP_OPERATOR_JWT",
+        "SUPABASE_PUBLISHABLE_KEY",
     ] {
         c.env_remove(var);
     }
