@@ -3,7 +3,7 @@
 //! (the same rule in Rust). The store is found as the read side finds it.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::config::target::StoreSettings;
 use crate::model::control::{AuditEntry, ControlAnswer, ControlError, ControlRequest, PoolBudget};
@@ -130,6 +130,162 @@ impl Operator {
                 )
                 .await
                 .map_err(|e| ControlError::Store(e.to_string())),
+        }
+    }
+
+    /// Starts a rolling restart of `pool`: `hp_rollout_start()`.
+    ///
+    /// # Errors
+    /// As [`control`](Self::control); a refusal is an answer.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn rollout_start(
+        &self,
+        pool: &str,
+        max_unavailable: Option<i64>,
+        settle_seconds: i64,
+        timeout_seconds: i64,
+        reason: Option<&str>,
+        confirm: Option<&str>,
+        actor: Option<&str>,
+    ) -> Result<Value, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let store = store.clone();
+                let (pool, reason, confirm, actor) = (
+                    pool.to_owned(),
+                    reason.map(str::to_owned),
+                    confirm.map(str::to_owned),
+                    actor.map(str::to_owned),
+                );
+                blocking(move || {
+                    store.rollout_start(
+                        &pool,
+                        max_unavailable,
+                        settle_seconds,
+                        timeout_seconds,
+                        reason.as_deref(),
+                        confirm.as_deref(),
+                        actor.as_deref(),
+                    )
+                })
+                .await
+            }
+            Store::Supabase(client) => {
+                let arguments = json!({
+                    "pool": pool, "max_unavailable": max_unavailable,
+                    "settle_seconds": settle_seconds, "timeout_seconds": timeout_seconds,
+                    "reason": reason, "confirm": confirm, "actor": actor,
+                });
+                client.rpc("hp_rollout_start", &arguments).await
+            }
+        }
+    }
+
+    /// Moves a rollout on (idempotent): `hp_rollout_step()`.
+    ///
+    /// # Errors
+    /// As [`control`](Self::control).
+    pub async fn rollout_step(&self, id: i64) -> Result<Value, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let store = store.clone();
+                blocking(move || store.rollout_step(id)).await
+            }
+            Store::Supabase(client) => client.rpc("hp_rollout_step", &json!({"id": id})).await,
+        }
+    }
+
+    /// Stops a rollout where it is: `hp_rollout_abort()`.
+    ///
+    /// # Errors
+    /// As [`control`](Self::control).
+    pub async fn rollout_abort(
+        &self,
+        id: i64,
+        reason: Option<&str>,
+        actor: Option<&str>,
+    ) -> Result<Value, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let store = store.clone();
+                let (reason, actor) = (reason.map(str::to_owned), actor.map(str::to_owned));
+                blocking(move || store.rollout_abort(id, reason.as_deref(), actor.as_deref())).await
+            }
+            Store::Supabase(client) => {
+                client
+                    .rpc(
+                        "hp_rollout_abort",
+                        &json!({"id": id, "reason": reason, "actor": actor}),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// A rollout's summary (as `hp_rollout_summary()` says it): `id`'s, else
+    /// the pool's latest, else the latest of all; `None` when there is none.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be read.
+    pub async fn rollout_status(
+        &self,
+        id: Option<i64>,
+        pool: Option<&str>,
+    ) -> Result<Option<Value>, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let (store, pool) = (store.clone(), pool.map(str::to_owned));
+                blocking(move || store.rollout_status(id, pool.as_deref())).await
+            }
+            Store::Supabase(client) => {
+                let read = |e: crate::model::error::ReadError| ControlError::Store(e.to_string());
+                let mut query = vec![
+                    ("select", "*".to_owned()),
+                    ("order", "id.desc".to_owned()),
+                    ("limit", "1".to_owned()),
+                ];
+                if let Some(id) = id {
+                    query.push(("id", format!("eq.{id}")));
+                } else if let Some(pool) = pool {
+                    query.push(("pool", format!("eq.{pool}")));
+                }
+                let rollouts: Vec<Value> = client
+                    .select_table("hp_rollout", &query)
+                    .await
+                    .map_err(read)?;
+                let Some(mut rollout) = rollouts.into_iter().next() else {
+                    return Ok(None);
+                };
+                let rollout_id = rollout["id"].as_i64().unwrap_or_default();
+                let rows: Vec<Value> = client
+                    .select_table(
+                        "hp_rollout_worker",
+                        &[
+                            ("select", "worker_name,state,skip_reason".to_owned()),
+                            ("rollout_id", format!("eq.{rollout_id}")),
+                            ("order", "position.asc".to_owned()),
+                        ],
+                    )
+                    .await
+                    .map_err(read)?;
+                let workers: serde_json::Map<String, Value> = rows
+                    .iter()
+                    .map(|w| {
+                        let state = w["state"].as_str().unwrap_or_default();
+                        let text = match w["skip_reason"].as_str() {
+                            Some(why) => format!("{state}: {why}"),
+                            None => state.to_owned(),
+                        };
+                        (
+                            w["worker_name"].as_str().unwrap_or_default().to_owned(),
+                            Value::from(text),
+                        )
+                    })
+                    .collect();
+                rollout["rollout_id"] = json!(rollout_id);
+                rollout["workers"] = Value::Object(workers);
+                Ok(Some(rollout))
+            }
         }
     }
 

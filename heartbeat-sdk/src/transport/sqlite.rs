@@ -195,6 +195,74 @@ impl SqliteStore {
         self.with_raw_connection(|conn| sqlite_control::pools(conn))
     }
 
+    /// Starts a rolling restart of `pool`: `hp_rollout_start()` on this
+    /// store. Batches of `max_unavailable` (default the pool's budget; more
+    /// needs `confirm` = the pool's name).
+    ///
+    /// # Errors
+    /// [`ControlError`] for bad input (nothing written) or a store that fails.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rollout_start(
+        &self,
+        pool: &str,
+        max_unavailable: Option<i64>,
+        settle_seconds: i64,
+        timeout_seconds: i64,
+        reason: Option<&str>,
+        confirm: Option<&str>,
+        actor: Option<&str>,
+    ) -> Result<Value, ControlError> {
+        let args = crate::transport::sqlite_rollout::RolloutStart {
+            pool,
+            max_unavailable,
+            settle_seconds,
+            timeout_seconds,
+            reason,
+            confirm,
+            actor,
+        };
+        self.with_raw_connection(|conn| {
+            crate::transport::sqlite_rollout::start(conn, &args, now_micros())
+        })
+    }
+
+    /// Moves rollout `id` on (idempotent): `hp_rollout_step()` on this store.
+    ///
+    /// # Errors
+    /// [`ControlError`] for an unknown id or a store that fails.
+    pub fn rollout_step(&self, id: i64) -> Result<Value, ControlError> {
+        self.with_raw_connection(|conn| {
+            crate::transport::sqlite_rollout::step(conn, id, now_micros())
+        })
+    }
+
+    /// Stops rollout `id` where it is: `hp_rollout_abort()` on this store.
+    ///
+    /// # Errors
+    /// [`ControlError`] for an unknown or finished rollout, or a store that fails.
+    pub fn rollout_abort(
+        &self,
+        id: i64,
+        reason: Option<&str>,
+        actor: Option<&str>,
+    ) -> Result<Value, ControlError> {
+        self.with_raw_connection(|conn| {
+            crate::transport::sqlite_rollout::abort(conn, id, reason, actor, now_micros())
+        })
+    }
+
+    /// A rollout's summary: `id`'s, else the pool's latest, else the latest.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be read.
+    pub fn rollout_status(
+        &self,
+        id: Option<i64>,
+        pool: Option<&str>,
+    ) -> Result<Option<Value>, ControlError> {
+        self.with_raw_connection(|conn| crate::transport::sqlite_rollout::status(conn, id, pool))
+    }
+
     /// The audit log since `since`, about `worker` when given, oldest first.
     ///
     /// # Errors
@@ -448,7 +516,8 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
             ))?;
         }
     }
-    conn.execute_batch(crate::transport::sqlite_control::SCHEMA)
+    conn.execute_batch(crate::transport::sqlite_control::SCHEMA)?;
+    conn.execute_batch(crate::transport::sqlite_rollout::SCHEMA)
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {

@@ -82,7 +82,7 @@ begin
 end;
 ";
 
-fn invalid(message: String) -> ControlError {
+pub(crate) fn invalid(message: String) -> ControlError {
     ControlError::Invalid {
         code: "22023".into(),
         message,
@@ -162,27 +162,27 @@ pub(crate) fn read_audit(
     Ok(rows)
 }
 
-fn store(e: rusqlite::Error) -> ControlError {
+pub(crate) fn store(e: rusqlite::Error) -> ControlError {
     ControlError::Store(format!("the local store failed: {e}"))
 }
 
-fn stamp(t: DateTime<Utc>) -> String {
+pub(crate) fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn parse_time(text: Option<String>) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(text: Option<String>) -> Option<DateTime<Utc>> {
     text.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
         .map(|t| t.with_timezone(&Utc))
 }
 
 /// Who asks, for the audit log: the local store has no sign-in, so the
 /// actor is what the caller declares.
-struct Caller {
-    actor: String,
-    declared: Option<String>,
+pub(crate) struct Caller {
+    pub actor: String,
+    pub declared: Option<String>,
 }
 
-fn caller(declared: Option<&str>) -> Result<Caller, ControlError> {
+pub(crate) fn caller(declared: Option<&str>) -> Result<Caller, ControlError> {
     let declared = declared.map(str::trim).filter(|d| !d.is_empty());
     if let Some(d) = declared.filter(|d| d.len() > 200) {
         return Err(invalid(format!(
@@ -387,14 +387,14 @@ pub(crate) fn hp_control(
 }
 
 /// A status row's facts the rule needs.
-struct StatusFacts {
-    name: String,
-    pool: String,
-    row: StatusRow,
-    instance_since: Option<DateTime<Utc>>,
+pub(crate) struct StatusFacts {
+    pub name: String,
+    pub pool: String,
+    pub row: StatusRow,
+    pub instance_since: Option<DateTime<Utc>>,
 }
 
-fn read_status(conn: &Connection) -> rusqlite::Result<BTreeMap<String, StatusFacts>> {
+pub(crate) fn read_status(conn: &Connection) -> rusqlite::Result<BTreeMap<String, StatusFacts>> {
     let mut stmt = conn.prepare(
         "select worker_name, pool, status, last_heartbeat, heartbeat_interval_seconds, circuit_breaker_open, instance_since from hp_worker_status order by worker_name",
     )?;
@@ -418,12 +418,12 @@ fn read_status(conn: &Connection) -> rusqlite::Result<BTreeMap<String, StatusFac
 }
 
 /// A control row's facts the rule needs: paused, and when a restart was asked.
-struct ControlFacts {
+pub(crate) struct ControlFacts {
     paused: bool,
     restart_requested_at: Option<DateTime<Utc>>,
 }
 
-fn read_controls(conn: &Connection) -> rusqlite::Result<BTreeMap<String, ControlFacts>> {
+pub(crate) fn read_controls(conn: &Connection) -> rusqlite::Result<BTreeMap<String, ControlFacts>> {
     let mut stmt =
         conn.prepare("select worker_name, desired, restart_requested_at from hp_worker_control")?;
     let rows = stmt.query_map([], |r| {
@@ -438,7 +438,7 @@ fn read_controls(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Control
     rows.collect()
 }
 
-fn read_budgets(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Budget>> {
+pub(crate) fn read_budgets(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Budget>> {
     let mut stmt =
         conn.prepare("select pool, max_unavailable, min_available, protected from hp_pool")?;
     let rows = stmt.query_map([], |r| {
@@ -455,7 +455,11 @@ fn read_budgets(conn: &Connection) -> rusqlite::Result<BTreeMap<String, Budget>>
 }
 
 /// The view `hp_worker_availability`'s facts for one worker.
-fn member(s: &StatusFacts, control: Option<&ControlFacts>, now: DateTime<Utc>) -> Member {
+pub(crate) fn member(
+    s: &StatusFacts,
+    control: Option<&ControlFacts>,
+    now: DateTime<Utc>,
+) -> Member {
     let restart_pending = control
         .and_then(|c| c.restart_requested_at)
         .is_some_and(|asked| s.instance_since.is_none_or(|since| since < asked));
@@ -469,7 +473,7 @@ fn member(s: &StatusFacts, control: Option<&ControlFacts>, now: DateTime<Utc>) -
 
 /// The control-row change for a verb on these workers, in name order;
 /// returns each worker's new generation.
-fn apply(
+pub(crate) fn apply(
     conn: &Connection,
     targets: &[String],
     verb: Verb,
@@ -522,7 +526,7 @@ fn apply(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn audit(
+pub(crate) fn audit(
     conn: &Connection,
     now: DateTime<Utc>,
     actor: &str,
