@@ -73,6 +73,9 @@ pub enum Command {
     /// Pool budgets: how many workers may be down at once.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Rolling restarts: a pool a batch at a time, never more down than the batch.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// The audit log: who asked what, when, and how it ended.
     #[command(after_help = KEY_HELP)]
     Audit(AuditArgs),
@@ -131,6 +134,91 @@ pub enum PoolCommand {
     /// Set a pool's budget (what is not given stays).
     #[command(after_help = KEY_HELP)]
     Set(PoolSetArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Restart every available worker of a pool, a batch at a time, each back
+    /// (a new instance, running) and settled before the next batch.
+    ///
+    /// The rollout lives in the store: Ctrl-C leaves it where it is, and
+    /// `rollout resume ID` (or `rollout status`) picks it up from any host.
+    /// Exit codes: 0 done, 1 refused or aborted, 2 bad input or store, 3 stuck
+    /// (a worker did not come back: its name and why are printed), 130 Ctrl-C.
+    #[command(after_help = KEY_HELP)]
+    Restart(RolloutRestartArgs),
+    /// A rollout's state and each worker's (the pool's latest, or ID's).
+    #[command(after_help = KEY_HELP)]
+    Status(RolloutStatusArgs),
+    /// Follow a rollout again and move it on until it ends.
+    #[command(after_help = KEY_HELP)]
+    Resume(RolloutIdArgs),
+    /// Stop a running or stuck rollout where it is.
+    #[command(after_help = KEY_HELP)]
+    Abort(RolloutAbortArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutRestartArgs {
+    /// The pool to restart.
+    #[arg(long, value_name = "POOL")]
+    pub pool: String,
+    /// Workers restarted at once (default the pool's max_unavailable; more needs --confirm POOL).
+    #[arg(long, value_name = "N")]
+    pub max_unavailable: Option<i64>,
+    /// How long a restarted worker must stay running before the next batch.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub settle: std::time::Duration,
+    /// How long a worker may take to come back before the rollout is stuck.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Why, for the audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// The pool's name, for a protected pool or a batch over its budget.
+    #[arg(long, value_name = "POOL")]
+    pub confirm: Option<String>,
+    /// Do not ask: needed without a terminal.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutStatusArgs {
+    /// The rollout (default: the pool's latest, or the latest of all).
+    #[arg(value_name = "ID")]
+    pub id: Option<i64>,
+    /// The pool whose latest rollout to show.
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutIdArgs {
+    /// The rollout.
+    #[arg(value_name = "ID")]
+    pub id: i64,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutAbortArgs {
+    /// The rollout.
+    #[arg(value_name = "ID")]
+    pub id: i64,
+    /// Why, for the audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,7 @@ fn main() {
             cli::Command::Enable(args) => operate::steer("enable", args).await,
             cli::Command::Disable(args) => operate::steer("disable", args).await,
             cli::Command::Pool(command) => operate::pool(command).await,
+            cli::Command::Rollout(command) => operate::rollout(command).await,
             cli::Command::Audit(args) => operate::audit(args).await,
             cli::Command::Check(args) => check::check(args).await,
             cli::Command::Status(args) => status::status(args).await,

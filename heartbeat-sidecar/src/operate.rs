@@ -15,7 +15,10 @@ use heartbeat_sdk::sidecar::{
 use heartbeat_sdk::{Health, StatusRow};
 use serde_json::{json, Value};
 
-use crate::cli::{AuditArgs, PoolCommand, PoolListArgs, PoolSetArgs, SteerArgs};
+use crate::cli::{
+    AuditArgs, PoolCommand, PoolListArgs, PoolSetArgs, RolloutCommand, RolloutRestartArgs,
+    RolloutStatusArgs, SteerArgs,
+};
 use crate::exit::{Exit, USAGE};
 
 /// A request was refused by a rule.
@@ -595,6 +598,269 @@ pub async fn audit(args: AuditArgs) -> Exit {
             workers,
             e.reason.unwrap_or_default()
         );
+    }
+    Exit::Code(0)
+}
+
+/// How often a followed rollout is stepped.
+const ROLLOUT_STEP_EVERY: Duration = Duration::from_secs(1);
+/// A rollout ended stuck.
+const STUCK: i32 = 3;
+/// Ctrl-C: the rollout is left where it is.
+const INTERRUPTED: i32 = 130;
+
+/// `heartbeat-sidecar rollout restart|status|resume|abort`.
+pub async fn rollout(command: RolloutCommand) -> Exit {
+    match command {
+        RolloutCommand::Restart(args) => rollout_restart(args).await,
+        RolloutCommand::Status(args) => rollout_status(args).await,
+        RolloutCommand::Resume(args) => {
+            let (_, operator) = match open(&args.store) {
+                Ok(both) => both,
+                Err(exit) => return exit,
+            };
+            follow_rollout(&operator, args.id).await
+        }
+        RolloutCommand::Abort(args) => {
+            let (_, operator) = match open(&args.store) {
+                Ok(both) => both,
+                Err(exit) => return exit,
+            };
+            let actor = (!operator.signed_in()).then(declared_actor);
+            match operator
+                .rollout_abort(args.id, args.reason.as_deref(), actor.as_deref())
+                .await
+            {
+                Ok(summary) => {
+                    println!(
+                        "rollout {} aborted: {}",
+                        args.id,
+                        summary["state_reason"].as_str().unwrap_or("")
+                    );
+                    Exit::Code(0)
+                }
+                Err(e) => fail(USAGE, e),
+            }
+        }
+    }
+}
+
+async fn rollout_restart(args: RolloutRestartArgs) -> Exit {
+    let (reader, operator) = match open(&args.store) {
+        Ok(both) => both,
+        Err(exit) => return exit,
+    };
+    let snapshot = match reader.fetch().await {
+        Ok(s) => s,
+        Err(e) => return fail(USAGE, e),
+    };
+    let members: Vec<&StatusRow> = snapshot
+        .rows
+        .iter()
+        .filter(|r| pool_of(r) == args.pool)
+        .collect();
+    if members.is_empty() {
+        return fail(
+            USAGE,
+            format!(
+                "pool {:?} has no workers (`heartbeat-sidecar pool list` shows the pools)",
+                args.pool
+            ),
+        );
+    }
+    let up = members.iter().filter(|r| available(r, &snapshot)).count();
+    println!(
+        "rollout restart of pool {}: {} workers, {up} available now; {} at a time, each settled {} before the next",
+        args.pool,
+        members.len(),
+        args.max_unavailable
+            .map_or_else(|| "the budget's max_unavailable".to_owned(), |n| n.to_string()),
+        humantime::format_duration(args.settle),
+    );
+    for r in &members {
+        if let Some(how) = field(r, "controls")["restart"].as_str() {
+            let line = if how == "no" {
+                format!(
+                    "  {} does not honour restart: the rollout will be stuck on it",
+                    r.worker_name
+                )
+            } else {
+                format!("  {}: restart {how}", r.worker_name)
+            };
+            println!("{line}");
+        }
+    }
+    if std::io::stdin().is_terminal() && !args.yes {
+        if !confirm_on_terminal(None) {
+            return fail(USAGE, "not confirmed: no rollout was started");
+        }
+    } else if !args.yes {
+        return fail(USAGE, "not a terminal: pass --yes to start the rollout");
+    }
+    let actor = (!operator.signed_in()).then(declared_actor);
+    let started = operator
+        .rollout_start(
+            &args.pool,
+            args.max_unavailable,
+            i64::try_from(args.settle.as_secs()).unwrap_or(i64::MAX),
+            i64::try_from(args.timeout.as_secs().max(1)).unwrap_or(i64::MAX),
+            args.reason.as_deref(),
+            args.confirm.as_deref(),
+            actor.as_deref(),
+        )
+        .await;
+    let answer = match started {
+        Ok(a) => a,
+        Err(ControlError::Invalid { message, .. }) => return fail(USAGE, message),
+        Err(e) => return fail(USAGE, e),
+    };
+    if answer["outcome"] != "accepted" {
+        println!(
+            "refused ({}): {}",
+            answer["rule"].as_str().unwrap_or("rule"),
+            answer["message"].as_str().unwrap_or("")
+        );
+        return Exit::Code(REFUSED);
+    }
+    let Some(id) = answer["rollout_id"].as_i64() else {
+        return fail(USAGE, format!("the store answered no rollout id: {answer}"));
+    };
+    println!(
+        "{} (audit #{}); Ctrl-C leaves it where it is: `heartbeat-sidecar rollout resume {id}` picks it up",
+        answer["message"].as_str().unwrap_or(""),
+        answer["audit_id"]
+    );
+    follow_rollout(&operator, id).await
+}
+
+/// Steps the rollout every second until it ends, a line per worker as it
+/// changes and a progress bar on a terminal; Ctrl-C leaves it running.
+async fn follow_rollout(operator: &Operator, id: i64) -> Exit {
+    let bar = indicatif::ProgressBar::new(0);
+    let terminal = std::io::stderr().is_terminal();
+    if terminal {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} workers  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let say = |line: String| {
+        if terminal {
+            bar.println(line);
+        } else {
+            println!("{line}");
+        }
+    };
+    let started = Instant::now();
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let step = tokio::select! {
+            _ = &mut ctrl_c => {
+                bar.abandon();
+                say(format!("left rollout {id} where it is: `heartbeat-sidecar rollout resume {id}` follows it again, `rollout abort {id}` stops it"));
+                return Exit::Code(INTERRUPTED);
+            }
+            step = operator.rollout_step(id) => step,
+        };
+        let summary = match step {
+            Ok(s) => s,
+            Err(ControlError::Invalid { message, .. }) => return fail(USAGE, message),
+            Err(e) => {
+                // A store that blinks does not end the rollout: it lives there.
+                say(format!("  could not step rollout {id} ({e}); trying again"));
+                tokio::time::sleep(ROLLOUT_STEP_EVERY).await;
+                continue;
+            }
+        };
+        let workers = summary["workers"].as_object().cloned().unwrap_or_default();
+        bar.set_length(workers.len() as u64);
+        let finished = workers
+            .values()
+            .filter(|s| {
+                s.as_str()
+                    .is_some_and(|s| s.starts_with("done") || s.starts_with("skipped"))
+            })
+            .count();
+        bar.set_position(finished as u64);
+        for (name, state) in &workers {
+            let state = state.as_str().unwrap_or("").to_owned();
+            if seen.get(name) != Some(&state) {
+                if seen.contains_key(name) || state != "pending" {
+                    say(format!(
+                        "  {name} {state} ({:.0} s)",
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+                seen.insert(name.clone(), state);
+            }
+        }
+        let reason = summary["state_reason"].as_str().unwrap_or("").to_owned();
+        match summary["state"].as_str().unwrap_or("") {
+            "running" => bar.set_message(format!("rollout {id} running")),
+            "done" => {
+                bar.finish_and_clear();
+                println!("rollout {id} done: {reason}");
+                return Exit::Code(0);
+            }
+            "stuck" => {
+                bar.abandon();
+                return fail(STUCK, format!("rollout {id} is stuck: {reason}"));
+            }
+            other => {
+                bar.abandon();
+                return fail(REFUSED, format!("rollout {id} is {other}: {reason}"));
+            }
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                bar.abandon();
+                say(format!("left rollout {id} where it is: `heartbeat-sidecar rollout resume {id}` follows it again, `rollout abort {id}` stops it"));
+                return Exit::Code(INTERRUPTED);
+            }
+            _ = tokio::time::sleep(ROLLOUT_STEP_EVERY) => {}
+        }
+    }
+}
+
+async fn rollout_status(args: RolloutStatusArgs) -> Exit {
+    let (_, operator) = match open(&args.store) {
+        Ok(both) => both,
+        Err(exit) => return exit,
+    };
+    let summary = match operator.rollout_status(args.id, args.pool.as_deref()).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return fail(
+                USAGE,
+                "no rollout yet (`heartbeat-sidecar rollout restart --pool POOL` starts one)",
+            )
+        }
+        Err(e) => return fail(USAGE, e),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+        return Exit::Code(0);
+    }
+    println!(
+        "rollout {} of pool {}: {}{} ({} at a time)",
+        summary["rollout_id"],
+        summary["pool"].as_str().unwrap_or(""),
+        summary["state"].as_str().unwrap_or(""),
+        summary["state_reason"]
+            .as_str()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default(),
+        summary["batch_size"]
+    );
+    for (name, state) in summary["workers"].as_object().into_iter().flatten() {
+        println!("  {name:<24} {}", state.as_str().unwrap_or(""));
     }
     Exit::Code(0)
 }

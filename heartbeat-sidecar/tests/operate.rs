@@ -385,3 +385,147 @@ async fn a_signed_in_operator_sends_the_token_on_every_request() {
         "neither token nor key shows"
     );
 }
+
+/// A rollout over six real sidecar workers with `--max-unavailable 2`: the
+/// rows, sampled every 100 ms, never show more than two down; every worker
+/// comes back with a new pid; each step is in the audit log.
+#[test]
+fn a_rollout_restarts_six_workers_never_more_than_two_down() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("s.db");
+    let names: Vec<String> = (1..=6).map(|i| format!("web-{i}")).collect();
+    let _fleet = Fleet(names.iter().map(|n| worker(&db, n, "web")).collect());
+    let store = SqliteStore::new(&db);
+    let pids_before: Vec<i64> = names
+        .iter()
+        .map(|n| {
+            hp_heartbeat_tests::eventually::eventually(WAIT, "a child's pid", || {
+                store.read_one(n).ok().flatten().and_then(|r| r.pid)
+            })
+        })
+        .collect();
+    let out = op(&db, &["pool", "set", "web", "--max-unavailable", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = std::thread::spawn({
+        let (done, db) = (std::sync::Arc::clone(&done), db.clone());
+        move || {
+            // Down as the budget counts it: paused, or asked to restart and
+            // not yet back as a new instance (the store's own rule).
+            let conn = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .expect("open");
+            conn.busy_timeout(Duration::from_secs(2)).expect("busy");
+            let mut worst = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let down: i64 = conn
+                    .query_row(
+                        "select count(*) from hp_worker_status s join hp_worker_control c using (worker_name)
+                         where s.pool = 'web' and (c.desired = 'paused' or (c.restart_requested_at is not null
+                           and (s.instance_since is null or s.instance_since < c.restart_requested_at)))",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap_or(0);
+                worst = worst.max(down);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            worst
+        }
+    });
+    let out = op(
+        &db,
+        &[
+            "rollout",
+            "restart",
+            "--pool",
+            "web",
+            "--settle",
+            "1s",
+            "--timeout",
+            "60s",
+            "--yes",
+            "--reason",
+            "release 2.5",
+        ],
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let worst = sampler.join().expect("sampler");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("rollout 1 done: 6 restarted, 0 skipped"),
+        "{said}"
+    );
+    assert!(worst <= 2, "{worst} down at once");
+    assert!(worst >= 1, "the sampler saw the restarts at all");
+    for (name, before) in names.iter().zip(&pids_before) {
+        let row = store.read_one(name).ok().flatten().expect("row");
+        assert!(
+            row.pid.is_some_and(|p| p != *before),
+            "{name} has a new pid: {row:?}"
+        );
+    }
+    let audit: Vec<Value> =
+        serde_json::from_slice(&op(&db, &["audit", "--json"]).stdout).expect("audit json");
+    let restarts_accepted = audit
+        .iter()
+        .filter(|a| a["action"] == "restart" && a["outcome"] == "accepted")
+        .count();
+    assert_eq!(restarts_accepted, 3, "three batches of two");
+    assert!(audit
+        .iter()
+        .any(|a| a["action"] == "rollout" && a["outcome"] == "applied"));
+    let status = op(&db, &["rollout", "status", "--json"]);
+    let summary: Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(summary["state"], "done");
+}
+
+/// A worker that never comes back stops the rollout, named with why (exit 3).
+#[test]
+fn a_worker_that_does_not_come_back_leaves_the_rollout_stuck() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("s.db");
+    let _fleet = Fleet(vec![
+        worker(&db, "api-1", "api"),
+        worker(&db, "api-2", "api"),
+    ]);
+    wait_local_row(&db, "api-1");
+    wait_local_row(&db, "api-2");
+    // A third member whose row no process keeps: it never restarts.
+    let mem = heartbeat_sdk::MemoryTransport::new();
+    let hb = heartbeat_sdk::Heartbeat::builder("api-0")
+        .transport(mem.clone())
+        .pool("api")
+        .interval(Duration::from_secs(3600))
+        .handle_signals(false)
+        .start()
+        .expect("start");
+    let row = eventually_row(&mem);
+    let store = SqliteStore::new(&db);
+    store.write(&row).expect("write");
+    let out = op(
+        &db,
+        &[
+            "rollout",
+            "restart",
+            "--pool",
+            "api",
+            "--settle",
+            "0s",
+            "--timeout",
+            "3s",
+            "--yes",
+        ],
+    );
+    drop(hb);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("rollout 1 is stuck: api-0 did not come back within 3 s"),
+        "{}",
+        text(&out)
+    );
+}
