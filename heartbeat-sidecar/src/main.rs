@@ -4,6 +4,7 @@
 mod check;
 mod cli;
 mod exit;
+mod fleet;
 mod group;
 mod lines;
 mod operate;
