@@ -100,6 +100,65 @@ impl Respond for Paged {
     }
 }
 
+/// Rounds of End then Home, spread over several 2 s refreshes.
+const KEY_ROUNDS: usize = 20;
+const KEY_PACE: Duration = Duration::from_millis(150);
+
+/// `status --watch` on the local store in a tmux of its own: how long from
+/// a key (End, Home) to the screen that shows its effect, median and
+/// slowest. `None` without tmux.
+fn keys_in_the_live_view(db: &std::path::Path, workers: usize) -> Option<(Duration, Duration)> {
+    let socket = format!("hp-bench-{}", std::process::id());
+    let tmux = |args: &[&str]| -> Option<String> {
+        let out = Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    tmux(&["-V"])?;
+    let command = format!("HP_STORE={} {SIDECAR} status --watch", db.display());
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "w",
+        "-x",
+        "150",
+        "-y",
+        "40",
+        &command,
+    ])?;
+    let wait_for = |needle: &str| -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if tmux(&["capture-pane", "-p", "-t", "w"])?.contains(needle) {
+                return Some(started.elapsed());
+            }
+        }
+        None
+    };
+    let result = (|| {
+        wait_for(&format!("{workers} of {workers} shown"))?;
+        let (first, last) = (names(workers).remove(0), names(workers).pop()?);
+        let mut times = Vec::new();
+        for _ in 0..KEY_ROUNDS {
+            // Paced, so some keys land while a refresh is sorted.
+            std::thread::sleep(KEY_PACE);
+            tmux(&["send-keys", "-t", "w", "End"])?;
+            times.push(wait_for(&format!("┌ {last}"))?);
+            std::thread::sleep(KEY_PACE);
+            tmux(&["send-keys", "-t", "w", "Home"])?;
+            times.push(wait_for(&format!("┌ {first}"))?);
+        }
+        times.sort();
+        Some((times[times.len() / 2], times[times.len() - 1]))
+    })();
+    let _ = tmux(&["kill-server"]);
+    result
+}
+
 fn main() {
     let workers = std::env::var("HP_BENCH_WORKERS")
         .ok()
@@ -166,6 +225,18 @@ fn main() {
         "| mocked PostgREST (1,000 rows a page) | {remote_rows} | {:.0} ms | {per_run} |",
         remote.as_secs_f64() * 1000.0
     );
+    match keys_in_the_live_view(&db, workers) {
+        Some((median, worst)) => {
+            println!();
+            println!(
+                "status --watch over {workers} workers in tmux (150x40), End then Home {KEY_ROUNDS} times over {:.0} s of refreshes: key to screen median {:.0} ms, slowest {:.0} ms",
+                (KEY_PACE * 2 * KEY_ROUNDS as u32).as_secs_f64(),
+                median.as_secs_f64() * 1000.0,
+                worst.as_secs_f64() * 1000.0
+            );
+        }
+        None => println!("tmux is not installed: the live view was not measured"),
+    }
     if local_rows != workers || remote_rows != workers {
         println!("not every row was read");
         std::process::exit(1);

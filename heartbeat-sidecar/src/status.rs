@@ -12,6 +12,14 @@ use crate::exit::{Exit, USAGE};
 use crate::table::{exit_code, headline, row_cells, COLUMNS, NO_WORKERS};
 
 pub async fn status(args: StatusArgs) -> Exit {
+    if args.watch {
+        // The live view steers too: it opens the store as the operator
+        // commands do (a signed-in operator's token included).
+        return match crate::fleet::open(&args.store) {
+            Ok((reader, operator)) => crate::watch::watch(reader, operator),
+            Err(e) => usage_error(&e),
+        };
+    }
     let settings = match args.store.settings() {
         Ok(s) => s,
         Err(e) => return usage_error(&e),
@@ -20,9 +28,6 @@ pub async fn status(args: StatusArgs) -> Exit {
         Ok(r) => r,
         Err(e) => return usage_error(&e),
     };
-    if args.watch {
-        return crate::watch::watch(reader);
-    }
     let snapshot = match reader.fetch().await {
         Ok(s) => s,
         Err(e) => {

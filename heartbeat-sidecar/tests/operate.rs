@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::*;
@@ -15,35 +15,6 @@ use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// A sidecar worker in `pool`, reading its control row after each 1 s beat.
-fn worker(db: &Path, name: &str, pool: &str) -> Child {
-    let mut c = sidecar();
-    c.env("HP_STORE", db)
-        .env("HP_CONTROL_POLL_SECS", "0")
-        // 2 s beats: a late beat on a busy machine does not make it stale.
-        .env("HP_HEARTBEAT_INTERVAL_SECS", "2")
-        .env("HP_LOG", "warn")
-        .args(["run", "--name", name, "--pool", pool, "--"])
-        .args([
-            "sh",
-            "-c",
-            "trap 'exit 0' TERM; while :; do sleep 0.05; done",
-        ]);
-    quiet(&mut c).spawn().expect("spawn")
-}
-
-/// Ends the workers however the test ends.
-struct Fleet(Vec<Child>);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// An operator command on the store at `db`, with no terminal.
 fn op(db: &Path, args: &[&str]) -> Output {

@@ -233,3 +233,32 @@ pub fn store_with_every_state(path: &std::path::Path) {
     )
     .expect("age");
 }
+
+/// A sidecar worker in `pool`, reading its control row after each 1 s beat.
+pub fn worker(db: &std::path::Path, name: &str, pool: &str) -> Child {
+    let mut c = sidecar();
+    c.env("HP_STORE", db)
+        .env("HP_CONTROL_POLL_SECS", "0")
+        // 2 s beats: a late beat on a busy machine does not make it stale.
+        .env("HP_HEARTBEAT_INTERVAL_SECS", "2")
+        .env("HP_LOG", "warn")
+        .args(["run", "--name", name, "--pool", pool, "--"])
+        .args([
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+        ]);
+    quiet(&mut c).spawn().expect("spawn")
+}
+
+/// Ends the workers however the test ends.
+pub struct Fleet(pub Vec<Child>);
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
