@@ -108,7 +108,14 @@ create or replace trigger hp_worker_status_stamp
 -- Health as readers derive it. The same rule is in heartbeat-sdk's
 -- derive_health (Rust); a test feeds both the same rows.
 -- security_invoker: callers see only what their own grants and RLS allow.
-create or replace view public.hp_worker_health
+-- Made only where it does not exist: a later migration
+-- (20261201000001_hp_liveness.sql) extends it, and running this file again
+-- must not take that back.
+do $do$
+begin
+  if to_regclass('public.hp_worker_health') is null then
+    execute $view$
+create view public.hp_worker_health
 with (security_invoker = true)
 as
 select
@@ -140,7 +147,11 @@ select
   w.uptime_seconds,
   w.exit_code,
   w.exit_signal
-from public.hp_worker_status w;
+from public.hp_worker_status w
+    $view$;
+  end if;
+end
+$do$;
 
 comment on view public.hp_worker_health is
   'hp_worker_status with derived health: running, stale (no beat for 2.5 intervals), stopped, crashed (or breaker open), unknown.';

@@ -52,6 +52,15 @@ impl Heartbeat {
         self.shared.counters.job_succeeded();
     }
 
+    /// Notes progress: the worker is not stuck. With a
+    /// [`watchdog`](crate::HeartbeatBuilder::watchdog), no progress for that
+    /// long reads as `hung`. A relaxed atomic store and a monotonic clock
+    /// read: call it per item of work if you like.
+    #[inline]
+    pub fn progress(&self) {
+        self.shared.progress.mark();
+    }
+
     /// Counts a failed job and keeps its message (bounded) as `last_error`;
     /// an empty message keeps the previous one.
     pub fn job_failed(&self, error: impl std::fmt::Display) {
@@ -332,6 +341,7 @@ fn prepare(builder: HeartbeatBuilder) -> Result<BeatLoop, ConfigError> {
         hold_first_beat: valid.hold_first_beat,
         pool: valid.pool,
         max_run: valid.max_run,
+        watchdog: valid.watchdog,
     };
     let probe = valid.probe.unwrap_or_else(|| Box::new(OwnProcess::new()));
     let control = valid.control.map(|source| ControlPoll {

@@ -145,6 +145,15 @@ pub fn increment_error() {
     }
 }
 
+/// Notes progress for the process-wide heartbeat (see
+/// [`Heartbeat::progress`]). Before [`start_heartbeat`] it does nothing.
+#[inline]
+pub fn progress() {
+    if let Some(shared) = GLOBAL.get() {
+        shared.progress.mark();
+    }
+}
+
 /// Control before [`start_heartbeat`]: always active, never exiting, so a
 /// library's loop runs the same with or without a reporter.
 static UNSTARTED: LazyLock<ControlState> = LazyLock::new(ControlState::default);

@@ -71,6 +71,11 @@ fn assert_row_shape(row: &Value) {
         ("state", "string"),
         ("control_generation", "number"),
         ("controls", "object"),
+        // An instance's first delivered beat clears the previous one's gap;
+        // a beat after undelivered ones carries its gap; others leave them out.
+        ("missed_beats", "number"),
+        ("gap_started_at", "string|null"),
+        ("gap_ended_at", "string|null"),
     ];
     let obj = row.as_object().expect("the body is one JSON object");
     let sent: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
@@ -80,6 +85,9 @@ fn assert_row_shape(row: &Value) {
         .iter()
         .map(|(k, _)| *k)
         .filter(|k| *k != "control_generation" || sent.contains(k))
+        .filter(|k| {
+            (!k.starts_with("gap_") && *k != "missed_beats") || sent.contains("missed_beats")
+        })
         .collect();
     assert_eq!(sent, expected, "the body's keys");
     for (key, kind) in kinds.into_iter().filter(|(k, _)| expected.contains(k)) {

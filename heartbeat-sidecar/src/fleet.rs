@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::Utc;
 use heartbeat_sdk::read::{Reader, Snapshot};
 use heartbeat_sdk::sidecar::{env, Operator, PoolBudget};
 use heartbeat_sdk::{Health, StatusRow};
@@ -140,16 +139,9 @@ pub fn impact(
     }
     let mut finish_in: Option<f64> = None;
     for r in targets {
-        let doing = match (
-            field(r, "run_state").as_str(),
-            field(r, "run_started_at").as_str(),
-        ) {
+        let doing = match (r.run_state.as_deref(), r.run_started_at) {
             (Some("running"), Some(started)) => {
-                let since = chrono::DateTime::parse_from_rfc3339(started)
-                    .map(|t| {
-                        (snapshot.now - t.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0
-                    })
-                    .unwrap_or(0.0);
+                let since = (snapshot.now - started).num_milliseconds() as f64 / 1000.0;
                 if let Some(took) = field(r, "last_run_ms").as_f64() {
                     let left = (took / 1000.0 - since).max(0.0);
                     finish_in = Some(finish_in.map_or(left, |f: f64| f.max(left)));

@@ -120,7 +120,8 @@ fn ansi(h: Health) -> &'static str {
     match h {
         Health::Running => "\x1b[32m",
         Health::Stale => "\x1b[33m",
-        Health::Crashed => "\x1b[31m",
+        Health::Crashed | Health::Flapping => "\x1b[31m",
+        Health::Hung => "\x1b[35m",
         Health::Stopped => "\x1b[2m",
         Health::Unknown => "\x1b[90m",
     }

@@ -91,3 +91,16 @@ begin
   end if;
 end
 $$;
+
+-- Liveness (sql/20261201000001_hp_liveness.sql): the worker's own liveness
+-- columns, never the ones the database counts.
+do $$
+begin
+  if exists (select 1 from pg_attribute where attrelid = 'public.hp_worker_status'::regclass
+             and attname = 'watchdog_seconds' and not attisdropped) then
+    grant insert (last_progress_at, watchdog_seconds, missed_beats, gap_started_at, gap_ended_at),
+          update (last_progress_at, watchdog_seconds, missed_beats, gap_started_at, gap_ended_at)
+      on table public.hp_worker_status to hp_reporter;
+  end if;
+end
+$$;

@@ -19,7 +19,9 @@ use crate::model::clock::now_micros;
 use crate::model::desired::{DesiredControl, WorkerState};
 use crate::model::error::{ReadError, SendError};
 use crate::model::health::Health;
-use crate::model::row::{FinalState, WorkerRow, WorkerStatus, CONTROL_COLUMNS, RUN_COLUMNS};
+use crate::model::row::{
+    FinalState, GapReport, WorkerRow, WorkerStatus, CONTROL_COLUMNS, LIVENESS_COLUMNS, RUN_COLUMNS,
+};
 use crate::model::text::fit_row;
 use crate::transport::{ControlSource, Transport};
 
@@ -43,6 +45,8 @@ pub(crate) struct Identity {
     pub pool: String,
     /// A run longer than this reads as hung.
     pub max_run: Option<Duration>,
+    /// No progress for this long reads as hung.
+    pub watchdog: Option<Duration>,
 }
 
 /// How the loop learns of control: where it reads the worker's control row
@@ -64,6 +68,7 @@ pub(crate) struct BeatLoop {
     /// them out, so an older migration never costs a beat.
     lacks_control_columns: bool,
     lacks_run_columns: bool,
+    lacks_liveness_columns: bool,
     /// The control table is missing: read only after beats until it appears.
     control_table_missing: bool,
     /// When the last send started: writes for a change are at most one a second.
@@ -73,8 +78,13 @@ pub(crate) struct BeatLoop {
     /// One line per kind of failure per 5 minutes; a success does not reset
     /// it, so a flapping server is not a flood.
     logs: LogLimiter,
-    /// Beats that failed since the last success (for the recovery log line).
+    /// Beats that failed since the last success: the next row that gets
+    /// through carries them as its reporting gap.
     failed_beats: u64,
+    /// When the first of them was due (the worker's clock).
+    gap_started: Option<DateTime<Utc>>,
+    /// This instance has not yet cleared the previous instance's gap.
+    gap_unset: bool,
     /// The breaker's state in the previous row, to log when it opens.
     breaker_was_open: bool,
     /// No send before this: the server's `Retry-After`, capped at one interval.
@@ -136,10 +146,13 @@ impl BeatLoop {
             control: None,
             lacks_control_columns: false,
             lacks_run_columns: false,
+            lacks_liveness_columns: false,
             control_table_missing: false,
             last_send: None,
             logs: LogLimiter::new(LOG_EVERY),
             failed_beats: 0,
+            gap_started: None,
+            gap_unset: true,
             breaker_was_open: false,
             quiet_until: None,
         }
@@ -295,6 +308,8 @@ impl BeatLoop {
                         );
                     }
                     self.failed_beats = 0;
+                    self.gap_started = None;
+                    self.gap_unset = false;
                     return Some(started);
                 }
                 Err(e) if self.drop_columns_the_table_lacks(&e) => {
@@ -318,6 +333,9 @@ impl BeatLoop {
                     sleep(delay).await;
                 }
             }
+        }
+        if self.failed_beats == 0 {
+            self.gap_started = Some(now_micros());
         }
         self.failed_beats += 1;
         None
@@ -374,6 +392,12 @@ impl BeatLoop {
                 &mut self.lacks_control_columns,
                 "sql/20261124000001_hp_control.sql",
                 "pool and control state",
+            )
+        } else if LIVENESS_COLUMNS.contains(&column) {
+            (
+                &mut self.lacks_liveness_columns,
+                "sql/20261201000001_hp_liveness.sql",
+                "liveness (progress, watchdog, reporting gaps)",
             )
         } else if RUN_COLUMNS.contains(&column) {
             (
@@ -521,6 +545,9 @@ impl BeatLoop {
             self.identity.instance_id = uuid::Uuid::new_v4().to_string();
             self.identity.started_at = now_micros();
             self.identity.started = std::time::Instant::now();
+            // A new process has shown no progress yet: its watchdog starts now.
+            self.shared.progress.mark();
+            self.gap_unset = true;
         }
         let id = &self.identity;
         let uptime = id.started.elapsed();
@@ -583,7 +610,11 @@ impl BeatLoop {
             runs_failed: None,
             last_run_summary: None,
             max_run_seconds: id.max_run.map(|d| d.as_secs()),
+            last_progress_at: None,
+            watchdog_seconds: id.watchdog.map(|d| d.as_secs()),
+            gap: None,
         };
+        self.fill_liveness(&mut row);
         self.fill_control(&mut row);
         self.fill_runs(&mut row);
         if self.lacks_control_columns {
@@ -591,6 +622,9 @@ impl BeatLoop {
         }
         if self.lacks_run_columns {
             row.without_runs();
+        }
+        if self.lacks_liveness_columns {
+            row.without_liveness();
         }
         fit_row(&mut row);
         row
@@ -615,6 +649,37 @@ impl BeatLoop {
         row.state = Some(state.as_str().to_owned());
         row.control_generation = control.applied_generation();
         row.controls = Some(control.controls());
+    }
+
+    /// The last progress (with a watchdog, or once the worker showed any)
+    /// and the reporting gap this row would end.
+    fn fill_liveness(&self, row: &mut WorkerRow) {
+        let since = self.shared.progress.since();
+        if self.identity.watchdog.is_some() || since.is_some() {
+            row.last_progress_at = Some(match since {
+                Some(ago) => {
+                    row.client_heartbeat
+                        - chrono::Duration::from_std(ago).unwrap_or(chrono::Duration::zero())
+                }
+                // None yet: the watchdog counts from the start.
+                None => self.identity.started_at,
+            });
+        }
+        row.gap = if self.failed_beats > 0 {
+            Some(GapReport {
+                missed_beats: self.failed_beats,
+                gap_started_at: self.gap_started,
+                gap_ended_at: Some(row.client_heartbeat),
+            })
+        } else if self.gap_unset {
+            Some(GapReport {
+                missed_beats: 0,
+                gap_started_at: None,
+                gap_ended_at: None,
+            })
+        } else {
+            None
+        };
     }
 
     fn fill_runs(&self, row: &mut WorkerRow) {
@@ -789,6 +854,7 @@ pub(crate) mod tests {
             hold_first_beat: false,
             pool: "default".into(),
             max_run: None,
+            watchdog: None,
         };
         BeatLoop::new(
             shared,

@@ -8,6 +8,7 @@ pub(crate) mod control_state;
 pub(crate) mod counters;
 pub(crate) mod log_limit;
 pub(crate) mod probe;
+pub(crate) mod progress;
 pub(crate) mod runs;
 pub(crate) mod shared;
 pub(crate) mod signals;

@@ -18,6 +18,8 @@ pub(crate) struct Shared {
     pub control: ControlState,
     pub runs: Runs,
     pub shutdown_budget: Duration,
+    /// The worker's last progress.
+    pub progress: crate::beat::progress::Progress,
     /// Something the row shows changed (a run started or ended, control
     /// applied): the loop writes soon, at most once a second.
     row_changed: Notify,
@@ -38,6 +40,7 @@ impl Shared {
             control: ControlState::default(),
             runs: Runs::default(),
             shutdown_budget,
+            progress: Default::default(),
             row_changed: Notify::new(),
             new_instance: std::sync::atomic::AtomicBool::new(false),
             process_ready: Notify::new(),

@@ -43,6 +43,7 @@ pub struct HeartbeatBuilder {
     pool: Option<String>,
     control_poll: Option<Duration>,
     max_run: Option<Duration>,
+    watchdog: Option<Duration>,
     env_error: Option<ConfigError>,
 }
 
@@ -78,6 +79,7 @@ pub(crate) struct Validated {
     pub control: Option<Box<dyn ControlSource>>,
     pub control_poll: Duration,
     pub max_run: Option<Duration>,
+    pub watchdog: Option<Duration>,
 }
 
 impl HeartbeatBuilder {
@@ -99,6 +101,7 @@ impl HeartbeatBuilder {
             pool: None,
             control_poll: None,
             max_run: None,
+            watchdog: None,
             env_error: None,
         }
     }
@@ -241,6 +244,14 @@ impl HeartbeatBuilder {
         self
     }
 
+    /// No progress for this long reads as hung (`HP_WATCHDOG_SECS`; none by
+    /// default). Progress is [`Heartbeat::progress`](crate::Heartbeat::progress)
+    /// (the sidecar: its child's output, and `progress` lines on its socket).
+    pub fn watchdog(mut self, period: Duration) -> Self {
+        self.watchdog = Some(period);
+        self
+    }
+
     /// Names what reports, sent as `reporter` (default `heartbeat-sdk/<version>`).
     #[doc(hidden)]
     pub fn reporter(mut self, reporter: impl Into<String>) -> Self {
@@ -311,6 +322,13 @@ impl HeartbeatBuilder {
         if self.max_run.is_none() {
             self.max_run = parse(
                 env::MAX_RUN,
+                "a whole number of seconds, 1 to 604800 (a week)",
+            )
+            .map(Duration::from_secs);
+        }
+        if self.watchdog.is_none() {
+            self.watchdog = parse(
+                env::WATCHDOG,
                 "a whole number of seconds, 1 to 604800 (a week)",
             )
             .map(Duration::from_secs);
@@ -388,6 +406,15 @@ impl HeartbeatBuilder {
                 });
             }
         }
+        if let Some(period) = self.watchdog {
+            if period < Duration::from_secs(1) || period > Duration::from_secs(604_800) {
+                return Err(ConfigError::InvalidSetting {
+                    name: "watchdog",
+                    value: format!("{} s", period.as_secs_f64()),
+                    expected: "between 1 and 604800 seconds (a week)",
+                });
+            }
+        }
         Ok((interval, breaker_threshold, shutdown_budget))
     }
 
@@ -428,6 +455,7 @@ impl HeartbeatBuilder {
             control,
             control_poll: self.control_poll.unwrap_or(env::DEFAULT_CONTROL_POLL),
             max_run: self.max_run,
+            watchdog: self.watchdog,
         })
     }
 }

@@ -40,6 +40,8 @@ pub const POOL: &str = "HP_POOL";
 pub const CONTROL_POLL: &str = "HP_CONTROL_POLL_SECS";
 /// A run longer than this many seconds reads as hung.
 pub const MAX_RUN: &str = "HP_MAX_RUN_SECS";
+/// No progress for this many seconds reads as hung.
+pub const WATCHDOG: &str = "HP_WATCHDOG_SECS";
 /// systemd's `StateDirectory=` (the local store goes there when set).
 pub const STATE_DIRECTORY: &str = "STATE_DIRECTORY";
 

@@ -12,10 +12,16 @@ pub enum Health {
     Running,
     /// Says `running` but its last beat is older than the grace period.
     Stale,
+    /// Running and beating, but stuck: a run has lasted past its
+    /// `max_run`, or no progress for its watchdog period.
+    Hung,
     /// Ended cleanly.
     Stopped,
     /// Ended badly, or its circuit breaker is open (whatever its status says).
     Crashed,
+    /// Crash-looping: three crashes within ten minutes, until it has run
+    /// ten minutes without one (whatever its status says now).
+    Flapping,
     /// Never beat.
     Unknown,
 }
@@ -26,6 +32,8 @@ impl Health {
         match self {
             Health::Running => "running",
             Health::Stale => "stale",
+            Health::Hung => "hung",
+            Health::Flapping => "flapping",
             Health::Stopped => "stopped",
             Health::Crashed => "crashed",
             Health::Unknown => "unknown",
@@ -34,7 +42,10 @@ impl Health {
 
     /// Whether monitoring should say so (`status` exits 1).
     pub fn needs_attention(self) -> bool {
-        matches!(self, Health::Stale | Health::Crashed)
+        matches!(
+            self,
+            Health::Stale | Health::Crashed | Health::Hung | Health::Flapping
+        )
     }
 }
 

@@ -7,6 +7,7 @@ pub(crate) mod desired;
 pub(crate) mod error;
 pub(crate) mod health;
 pub(crate) mod key;
+pub(crate) mod liveness;
 pub(crate) mod row;
 pub(crate) mod status_row;
 pub(crate) mod text;

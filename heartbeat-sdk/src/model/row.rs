@@ -138,6 +138,30 @@ pub struct WorkerRow {
     /// A run longer than this is hung (readers derive it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_run_seconds: Option<u64>,
+
+    // Liveness (`sql/20261201000001_hp_liveness.sql`).
+    /// The worker's last progress (sent with a watchdog, or once it showed any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_at: Option<DateTime<Utc>>,
+    /// No progress for this long is hung (readers derive it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog_seconds: Option<u64>,
+    /// The reporting gap this beat ends (or, on an instance's first beat,
+    /// none: the previous instance's is cleared). Absent otherwise, so the
+    /// row keeps the last gap.
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub gap: Option<GapReport>,
+}
+
+/// Beats that could not be delivered, told by the first one that was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GapReport {
+    /// Beats not delivered since the last one that was.
+    pub missed_beats: u64,
+    /// When the first of them was due (the worker's clock).
+    pub gap_started_at: Option<DateTime<Utc>>,
+    /// This beat (the worker's clock).
+    pub gap_ended_at: Option<DateTime<Utc>>,
 }
 
 impl WorkerRow {
@@ -148,6 +172,14 @@ impl WorkerRow {
         self.state = None;
         self.control_generation = None;
         self.controls = None;
+    }
+
+    /// Leaves out the liveness columns (for a table the liveness migration
+    /// has not reached yet).
+    pub(crate) fn without_liveness(&mut self) {
+        self.last_progress_at = None;
+        self.watchdog_seconds = None;
+        self.gap = None;
     }
 
     /// Leaves out the run columns (for a table the runs migration has not
@@ -179,6 +211,15 @@ pub(crate) const RUN_COLUMNS: [&str; 9] = [
     "runs_failed",
     "last_run_summary",
     "max_run_seconds",
+];
+
+/// See [`CONTROL_COLUMNS`].
+pub(crate) const LIVENESS_COLUMNS: [&str; 5] = [
+    "last_progress_at",
+    "watchdog_seconds",
+    "missed_beats",
+    "gap_started_at",
+    "gap_ended_at",
 ];
 
 /// How a reporter ends: what the final row says.

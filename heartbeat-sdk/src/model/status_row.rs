@@ -61,9 +61,43 @@ pub struct StatusRow {
     pub heartbeat_interval_seconds: Option<u32>,
     /// The store's clock at the last write of any kind.
     pub updated_at: Option<DateTime<Utc>>,
+    /// `running`, `succeeded` or `failed`: the latest run.
+    pub run_state: Option<String>,
+    /// When the latest run started (the worker's clock).
+    pub run_started_at: Option<DateTime<Utc>>,
+    /// A run longer than this is hung.
+    pub max_run_seconds: Option<i64>,
+    /// The worker's last progress (its clock).
+    pub last_progress_at: Option<DateTime<Utc>>,
+    /// No progress for this long is hung.
+    pub watchdog_seconds: Option<i64>,
+    /// Beats not delivered before the one that carried this gap.
+    pub missed_beats: Option<i64>,
+    /// When the last reporting gap began and ended (the worker's clock).
+    pub gap_started_at: Option<DateTime<Utc>>,
+    /// See `gap_started_at`.
+    pub gap_ended_at: Option<DateTime<Utc>>,
+    /// New instances under this name, counted by the store.
+    pub restarts: Option<i64>,
+    /// The store's last three crashes of this worker, oldest first.
+    pub recent_crashes: Option<Vec<DateTime<Utc>>>,
+    /// When the previous instance ended.
+    pub last_exit_at: Option<DateTime<Utc>>,
+    /// How: `stopped`, `crashed` or `vanished` (no final row).
+    pub last_exit_status: Option<String>,
+    /// Its exit code.
+    pub last_exit_code: Option<i64>,
+    /// The signal that ended it.
+    pub last_exit_signal: Option<i64>,
+    /// Its last error.
+    pub last_exit_error: Option<String>,
     /// Every other column, as read.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+fn micros(d: chrono::Duration) -> i64 {
+    d.num_microseconds().unwrap_or(i64::MAX)
 }
 
 impl StatusRow {
@@ -93,6 +127,21 @@ impl StatusRow {
             exit_signal: None,
             heartbeat_interval_seconds: None,
             updated_at: None,
+            run_state: None,
+            run_started_at: None,
+            max_run_seconds: None,
+            last_progress_at: None,
+            watchdog_seconds: None,
+            missed_beats: None,
+            gap_started_at: None,
+            gap_ended_at: None,
+            restarts: None,
+            recent_crashes: None,
+            last_exit_at: None,
+            last_exit_status: None,
+            last_exit_code: None,
+            last_exit_signal: None,
+            last_exit_error: None,
             extra: Map::new(),
         }
     }
@@ -105,12 +154,22 @@ impl StatusRow {
     /// Health at `now`. Keep equal to the SQL view `hp_worker_health`: a
     /// test feeds both the same rows.
     ///
-    /// A running row is stale when `now - last_heartbeat > 2.5 * interval`
-    /// (exactly at the boundary it is still fresh), and crashed while its
-    /// circuit breaker is open.
+    /// In order: a running row is stale when `now - last_heartbeat > 2.5 *
+    /// interval` (exactly at the boundary it is still fresh); a running or
+    /// crashed row is flapping after three crashes within ten minutes, until
+    /// ten minutes without one; a running row is crashed while its breaker is
+    /// open, and hung when a run has lasted past `max_run_seconds` or there
+    /// was no progress for `watchdog_seconds` (the worker's clock corrected
+    /// by `last_heartbeat - client_heartbeat`).
     pub fn health(&self, now: DateTime<Utc>) -> Health {
+        let flapping = || {
+            self.recent_crashes
+                .as_deref()
+                .is_some_and(|c| crate::model::liveness::flapping(c, now))
+        };
         match self.worker_status() {
             WorkerStatus::Stopped => Health::Stopped,
+            WorkerStatus::Crashed if flapping() => Health::Flapping,
             WorkerStatus::Crashed => Health::Crashed,
             WorkerStatus::Unknown => Health::Unknown,
             WorkerStatus::Running => {
@@ -123,16 +182,35 @@ impl StatusRow {
                     .unwrap_or(DEFAULT_INTERVAL_SECONDS);
                 // Microseconds, as PostgreSQL's interval arithmetic in the view.
                 let grace_us = (f64::from(interval) * STALE_AFTER_INTERVALS * 1e6) as i64;
-                let age_us = (now - last).num_microseconds().unwrap_or(i64::MAX);
-                if age_us > grace_us {
+                if micros(now - last) > grace_us {
                     Health::Stale
+                } else if flapping() {
+                    Health::Flapping
                 } else if self.circuit_breaker_open == Some(true) {
                     Health::Crashed
+                } else if self.hung(last, now) {
+                    Health::Hung
                 } else {
                     Health::Running
                 }
             }
         }
+    }
+
+    /// A run past `max_run_seconds`, or no progress for `watchdog_seconds`.
+    fn hung(&self, last_heartbeat: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        // The worker's clock to the store's: its stamps move by the gap
+        // between the two clocks at the last beat.
+        let skew = last_heartbeat - self.client_heartbeat.unwrap_or(last_heartbeat);
+        let past = |since: Option<DateTime<Utc>>, limit: Option<i64>| match (since, limit) {
+            (Some(since), Some(limit)) if limit > 0 => {
+                micros(now - (since + skew)) > limit.saturating_mul(1_000_000)
+            }
+            _ => false,
+        };
+        (self.run_state.as_deref() == Some("running")
+            && past(self.run_started_at, self.max_run_seconds))
+            || past(self.last_progress_at, self.watchdog_seconds)
     }
 
     /// Unhealthy for monitoring: stale, crashed, or the breaker open.

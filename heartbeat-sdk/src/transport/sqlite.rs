@@ -51,7 +51,7 @@ create table if not exists hp_worker_status (
 
 /// Columns later versions added, as `(name, definition)`: an older store
 /// file gains them in place, as the SQL migrations add theirs.
-const ADDED_COLUMNS: [(&str, &str); 14] = [
+const ADDED_COLUMNS: [(&str, &str); 19] = [
     (
         "pool",
         "text not null default 'default' check (length(pool) between 1 and 128 and pool not glob '*[^A-Za-z0-9._:-]*')",
@@ -86,12 +86,22 @@ const ADDED_COLUMNS: [(&str, &str); 14] = [
         "max_run_seconds",
         "integer check (max_run_seconds between 1 and 604800)",
     ),
+    // Liveness (sql/20261201000001_hp_liveness.sql): the worker's columns;
+    // the store's own are sqlite_liveness::COLUMNS.
+    ("last_progress_at", "text"),
+    (
+        "watchdog_seconds",
+        "integer check (watchdog_seconds between 1 and 604800)",
+    ),
+    ("missed_beats", "integer check (missed_beats >= 0)"),
+    ("gap_started_at", "text"),
+    ("gap_ended_at", "text"),
 ];
 
 /// Columns stored as 0/1 that read back as JSON booleans.
 const BOOLEAN_COLUMNS: [&str; 1] = ["circuit_breaker_open"];
 /// Columns stored as JSON text that read back as JSON.
-const JSON_COLUMNS: [&str; 2] = ["metadata", "controls"];
+const JSON_COLUMNS: [&str; 3] = ["metadata", "controls", "recent_crashes"];
 
 /// A local SQLite store (WAL mode, busy timeout), opened on first use so a
 /// bad path is reported by the beat loop and never stops the worker.
@@ -509,7 +519,10 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
         .prepare("select name from pragma_table_info('hp_worker_status')")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    for (name, definition) in ADDED_COLUMNS {
+    for (name, definition) in ADDED_COLUMNS
+        .iter()
+        .chain(&crate::transport::sqlite_liveness::COLUMNS)
+    {
         if !existing.iter().any(|c| c == name) {
             conn.execute_batch(&format!(
                 "alter table hp_worker_status add column {name} {definition}"
@@ -531,9 +544,17 @@ fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
     let Ok(Value::Object(fields)) = serde_json::to_value(row) else {
         return Err(rusqlite::Error::InvalidQuery);
     };
-    let now = now_micros().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let at = now_micros();
+    let now = at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut columns: Vec<&str> = fields.keys().map(String::as_str).collect();
     let mut values: Vec<SqlValue> = fields.values().map(to_sql).collect();
+    // Read and written in one transaction: the store's count of restarts
+    // and crashes cannot miss a write made between the two.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (column, value) in crate::transport::sqlite_liveness::columns_for(&tx, row, at)? {
+        columns.push(column);
+        values.push(value);
+    }
     columns.extend(["last_heartbeat", "updated_at", "instance_since"]);
     values.extend([
         SqlValue::Text(now.clone()),
@@ -556,9 +577,8 @@ fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
         placeholders.join(", "),
         updates.join(", ")
     );
-    conn.prepare_cached(&sql)?
-        .execute(params_from_iter(values))?;
-    Ok(())
+    tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+    tx.commit()
 }
 
 fn to_sql(v: &Value) -> SqlValue {

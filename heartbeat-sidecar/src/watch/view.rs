@@ -70,11 +70,13 @@ impl SortKey {
 }
 
 /// The health filter, in the order `h` goes through it.
-const HEALTH_FILTERS: [Option<HealthFilter>; 7] = [
+const HEALTH_FILTERS: [Option<HealthFilter>; 9] = [
     None,
     Some(HealthFilter::Attention),
     Some(HealthFilter::Is(Health::Running)),
     Some(HealthFilter::Is(Health::Stale)),
+    Some(HealthFilter::Is(Health::Hung)),
+    Some(HealthFilter::Is(Health::Flapping)),
     Some(HealthFilter::Is(Health::Crashed)),
     Some(HealthFilter::Is(Health::Stopped)),
     Some(HealthFilter::Is(Health::Unknown)),
@@ -892,7 +894,8 @@ fn color(h: Health) -> Color {
     match h {
         Health::Running => Color::Green,
         Health::Stale => Color::Yellow,
-        Health::Crashed => Color::Red,
+        Health::Crashed | Health::Flapping => Color::Red,
+        Health::Hung => Color::Magenta,
         Health::Stopped => Color::Gray,
         Health::Unknown => Color::DarkGray,
     }
