@@ -489,6 +489,316 @@ fn health_view_and_rust_agree_at_the_boundaries() {
     assert_eq!(compared, cases.len());
 }
 
+/// Hung and flapping: the view and `StatusRow::health` agree at the
+/// boundaries of the watchdog, of `max_run`, and of the crash window, with
+/// the worker's clock ahead, behind and right.
+#[test]
+fn hung_and_flapping_agree_in_the_view_and_rust() {
+    let Some(db) = migrated("hung") else { return };
+    let ago = |us: i64| format!("now() - make_interval(secs => {us}::double precision / 1000000)");
+    // (name, status, breaker, extra columns = values)
+    let mut cases: Vec<(String, &str, bool, Vec<(&str, String)>)> = Vec::new();
+    for skew_s in [-5i64, 0, 7] {
+        // client_heartbeat = last_heartbeat + skew: the worker's stamps move with it.
+        let client = format!("now() - interval '1 second' + make_interval(secs => {skew_s})");
+        let on_worker_clock = |us: i64| format!("{} + make_interval(secs => {skew_s})", ago(us));
+        for (tag, us) in [
+            ("in", 59_999_000i64),
+            ("at", 60_000_000),
+            ("past", 60_001_000),
+            ("never", 0),
+        ] {
+            let mut cols = vec![
+                ("client_heartbeat", client.clone()),
+                ("watchdog_seconds", "60".into()),
+            ];
+            if tag != "never" {
+                cols.push(("last_progress_at", on_worker_clock(us)));
+            }
+            cases.push((format!("watchdog-{tag}-{skew_s}"), "running", false, cols));
+        }
+        for run_state in ["running", "succeeded"] {
+            for (tag, us) in [
+                ("in", 119_999_000i64),
+                ("at", 120_000_000),
+                ("past", 120_001_000),
+            ] {
+                cases.push((
+                    format!("maxrun-{run_state}-{tag}-{skew_s}"),
+                    "running",
+                    false,
+                    vec![
+                        ("client_heartbeat", client.clone()),
+                        ("run_state", format!("'{run_state}'")),
+                        ("max_run_seconds", "120".into()),
+                        ("run_started_at", on_worker_clock(us)),
+                    ],
+                ));
+            }
+        }
+    }
+    let crashes = |ages_s: [i64; 3]| {
+        format!(
+            "array[{}]::timestamptz[]",
+            ages_s.map(|a| ago(a * 1_000_000)).join(", ")
+        )
+    };
+    for status in ["running", "crashed", "stopped"] {
+        for breaker in [false, true] {
+            for (tag, list) in [
+                ("loop", crashes([300, 200, 100])),
+                ("window-at", crashes([610, 300, 10])),
+                ("window-past", crashes([611, 300, 10])),
+                ("clean", crashes([900, 800, 600])),
+                (
+                    "two",
+                    "array[now() - interval '1 minute', now()]::timestamptz[]".to_owned(),
+                ),
+            ] {
+                cases.push((
+                    format!("crashes-{status}-{breaker}-{tag}"),
+                    status,
+                    breaker,
+                    vec![("recent_crashes", list)],
+                ));
+            }
+        }
+    }
+    let mut sql = String::from("begin; set local session_replication_role = replica;\n");
+    for (name, status, breaker, cols) in &cases {
+        let (names, values): (Vec<&str>, Vec<String>) = cols.iter().cloned().unzip();
+        sql.push_str(&format!(
+            "insert into hp_worker_status (worker_name, status, circuit_breaker_open, last_heartbeat, heartbeat_interval_seconds{}{}) values ('{name}', '{status}', {breaker}, now() - interval '1 second', 30{}{}) \\g /dev/null\n",
+            if names.is_empty() { "" } else { ", " },
+            names.join(", "),
+            if values.is_empty() { "" } else { ", " },
+            values.join(", ")
+        ));
+    }
+    sql.push_str("select to_json(now())::text;\n");
+    sql.push_str("select to_json(w)::text || '#' || h.health from hp_worker_status w join hp_worker_health h using (worker_name);\n");
+    sql.push_str("rollback;\n");
+    let out = db.sql(&sql).expect("rows and view");
+    let mut lines = out.lines();
+    let now: DateTime<Utc> = serde_json::from_str(lines.next().expect("now")).expect("now parses");
+    let mut seen = std::collections::BTreeMap::new();
+    for line in lines {
+        let (json, sql_health) = line.rsplit_once('#').expect("row#health");
+        let row: StatusRow = serde_json::from_str(json).expect("a row");
+        let rust = row.health(now);
+        assert_eq!(
+            rust.as_str(),
+            sql_health,
+            "{} disagrees: rust {rust:?}, sql {sql_health}",
+            row.worker_name
+        );
+        seen.insert(row.worker_name.clone(), sql_health.to_owned());
+    }
+    assert_eq!(seen.len(), cases.len());
+    // Spot checks that the rule is the one meant, not only the same twice.
+    for (name, health) in [
+        ("watchdog-in-7", "running"),
+        ("watchdog-at-0", "running"),
+        ("watchdog-past-0", "hung"),
+        ("watchdog-past--5", "hung"),
+        ("watchdog-never-0", "running"),
+        ("maxrun-running-past-7", "hung"),
+        ("maxrun-succeeded-past-0", "running"),
+        ("crashes-running-false-loop", "flapping"),
+        ("crashes-crashed-false-loop", "flapping"),
+        ("crashes-stopped-false-loop", "stopped"),
+        ("crashes-running-true-loop", "flapping"),
+        ("crashes-running-false-window-at", "flapping"),
+        ("crashes-running-false-window-past", "running"),
+        ("crashes-running-false-clean", "running"),
+        ("crashes-crashed-false-two", "crashed"),
+    ] {
+        assert_eq!(seen.get(name).map(String::as_str), Some(health), "{name}");
+    }
+}
+
+/// One write of the liveness scenario: (worker, instance, status, breaker
+/// open, state, exit code, last error).
+type Write = (
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    &'static str,
+    Option<i32>,
+    Option<&'static str>,
+);
+
+/// A crash loop (started and crashed four times, then started again), an
+/// open breaker (no crash), the same crashed row sent twice (one crash), an
+/// instance that vanished while it worked (a crash) and one that was paused
+/// (not a crash).
+const LIVENESS_WRITES: [Write; 17] = [
+    ("loop", "i0", "running", false, "active", None, None),
+    (
+        "loop",
+        "i0",
+        "crashed",
+        false,
+        "active",
+        Some(1),
+        Some("Error: boom 0"),
+    ),
+    ("loop", "i1", "running", false, "active", None, None),
+    (
+        "loop",
+        "i1",
+        "crashed",
+        false,
+        "active",
+        Some(1),
+        Some("Error: boom 1"),
+    ),
+    (
+        "loop",
+        "i1",
+        "crashed",
+        false,
+        "active",
+        Some(1),
+        Some("Error: boom 1"),
+    ),
+    ("loop", "i2", "running", false, "active", None, None),
+    (
+        "loop",
+        "i2",
+        "crashed",
+        false,
+        "active",
+        Some(1),
+        Some("Error: boom 2"),
+    ),
+    ("loop", "i3", "running", false, "active", None, None),
+    (
+        "loop",
+        "i3",
+        "crashed",
+        false,
+        "active",
+        Some(2),
+        Some("Error: boom 3"),
+    ),
+    ("loop", "i4", "running", false, "active", None, None),
+    (
+        "loop",
+        "i4",
+        "crashed",
+        true,
+        "active",
+        None,
+        Some("breaker"),
+    ),
+    ("ghost", "g0", "running", false, "active", None, None),
+    ("ghost", "g1", "running", false, "active", None, None),
+    ("ghost", "g1", "running", false, "paused", None, None),
+    ("ghost", "g2", "running", false, "active", None, None),
+    ("calm", "c0", "running", false, "active", None, None),
+    ("calm", "c0", "stopped", false, "active", Some(0), None),
+];
+
+/// A fixed instance id for a tag of the scenario (the column is a uuid).
+fn instance(tag: &str) -> String {
+    let n = tag.bytes().fold(0u64, |a, b| a * 256 + u64::from(b));
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+/// What each store says after the writes: restarts, crashes kept, and how
+/// the previous instance ended.
+fn liveness_summary(rows: &[StatusRow], now: DateTime<Utc>) -> Vec<String> {
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} restarts={} crashes={} last_exit={}/{}/{} health={}",
+                r.worker_name,
+                r.restarts.unwrap_or(0),
+                r.recent_crashes.as_ref().map_or(0, Vec::len),
+                r.last_exit_status.as_deref().unwrap_or("-"),
+                r.last_exit_code.map_or("-".into(), |c| c.to_string()),
+                r.last_exit_error.as_deref().unwrap_or("-"),
+                r.health(now).as_str()
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The trigger on PostgreSQL and `model/liveness.rs` on the local store
+/// count restarts and crashes alike, and no client can write them.
+#[test]
+fn restarts_and_crashes_are_counted_alike_by_postgres_and_the_local_store() {
+    let Some(db) = migrated("liveness") else {
+        return;
+    };
+    let mut sql = String::new();
+    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
+        // As PostgREST's merge-duplicates upsert: only the columns sent are set.
+        sql.push_str(&format!(
+            "insert into hp_worker_status (worker_name, instance_id, status, circuit_breaker_open, state, exit_code, last_error) values ('{name}', '{}', '{status}', {breaker}, '{state}', {}, {}) on conflict (worker_name) do update set instance_id = excluded.instance_id, status = excluded.status, circuit_breaker_open = excluded.circuit_breaker_open, state = excluded.state, exit_code = excluded.exit_code, last_error = excluded.last_error;\n",
+            instance(tag),
+            code.map_or("null".into(), |c| c.to_string()),
+            error.map_or("null".into(), |e| format!("'{e}'")),
+        ));
+    }
+    // A client cannot write the store's columns, on insert or update.
+    sql.push_str("update hp_worker_status set restarts = 99, recent_crashes = null, last_exit_status = 'stopped' where worker_name = 'loop';\n");
+    sql.push_str("insert into hp_worker_status (worker_name, status, restarts, last_exit_code) values ('forged', 'running', 7, 3);\n");
+    sql.push_str("select to_json(now())::text;\n");
+    sql.push_str(
+        "select to_json(w)::text from hp_worker_status w where worker_name <> 'forged';\n",
+    );
+    sql.push_str("select '#forged ' || restarts || ' ' || coalesce(last_exit_code::text, 'null') from hp_worker_status where worker_name = 'forged';\n");
+    let out = db.sql(&sql).expect("writes");
+    let (out, forged) = out.split_once("#forged ").expect("forged line");
+    assert_eq!(
+        forged.trim(),
+        "0 null",
+        "a client's restarts and exit are not the store's"
+    );
+    let mut lines = out
+        .lines()
+        .filter(|l| l.starts_with('"') || l.starts_with('{'));
+    let now: DateTime<Utc> = serde_json::from_str(lines.next().expect("now")).expect("now");
+    let pg_rows: Vec<StatusRow> = lines
+        .map(|l| serde_json::from_str(l).expect("row"))
+        .collect();
+    let postgres = liveness_summary(&pg_rows, now);
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = heartbeat_sdk::sidecar::SqliteStore::new(dir.path().join("liveness.db"));
+    let template = serde_json::from_value::<heartbeat_sdk::WorkerRow>(sdk_rows().remove(0))
+        .expect("an SDK row");
+    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
+        let mut row = template.clone();
+        row.worker_name = name.into();
+        row.instance_id = instance(tag);
+        row.status = WorkerStatus::parse(Some(status));
+        row.circuit_breaker_open = breaker;
+        row.state = Some(state.into());
+        row.exit_code = code;
+        row.last_error = error.map(str::to_owned);
+        store.write(&row).expect("write");
+    }
+    let local = liveness_summary(&store.read_all().expect("read"), chrono::Utc::now());
+
+    assert_eq!(postgres, local, "the two stores disagree");
+    assert_eq!(
+        postgres,
+        vec![
+            "calm restarts=0 crashes=0 last_exit=-/-/- health=stopped",
+            "ghost restarts=2 crashes=1 last_exit=vanished/-/ended without a final row (killed by SIGKILL or the OOM killer, or its host went down) health=running",
+            "loop restarts=4 crashes=3 last_exit=crashed/2/Error: boom 3 health=flapping",
+        ],
+        "the scenario's expected counts"
+    );
+}
+
 /// Every key the SDK serializes is a column, of a type PostgREST converts to
 /// with json_to_recordset, and reads back as sent.
 #[test]
