@@ -360,6 +360,10 @@ pub struct RunArgs {
     /// A run longer than this reads as hung (e.g. 10m) [env: HP_MAX_RUN_SECS]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_run: Option<std::time::Duration>,
+    /// No output and no socket line for this long reads as hung (e.g. 2m):
+    /// the worker beats but does nothing [env: HP_WATCHDOG_SECS]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub hung_after: Option<std::time::Duration>,
     /// Refuse to start the worker when reporting is misconfigured (exit 2).
     /// By default the worker runs anyway and the error is logged.
     #[arg(long)]

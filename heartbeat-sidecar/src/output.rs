@@ -191,6 +191,10 @@ pub fn pump(
                     Err(_) => break,
                 };
                 let chunk = &buf[..n];
+                // Any output is progress, for --hung-after.
+                if let Some(hb) = &heartbeat {
+                    hb.progress();
+                }
                 // If our own output is gone, keep draining so the worker never blocks.
                 if output_open {
                     let written = match to {

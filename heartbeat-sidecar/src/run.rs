@@ -1012,6 +1012,9 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     if let Some(limit) = args.max_run {
         builder = builder.max_run(limit);
     }
+    if let Some(period) = args.hung_after {
+        builder = builder.watchdog(period);
+    }
     if let Some(v) = &args.worker_version {
         builder = builder.version(v.clone());
     }

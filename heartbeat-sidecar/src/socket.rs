@@ -2,8 +2,8 @@
 //! exact counts: `job`, `error <message>`, `meta <key> <json>`; and to ask:
 //! `state` is answered with one line, `active`, `paused`, `draining` or
 //! `restarting` (what operators want of it now), so a `--every` run can end
-//! early on a pause. `progress` is accepted (it will count for the hung
-//! watchdog).
+//! early on a pause. Every line is progress for `--hung-after`; `progress`
+//! says only that.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -128,6 +128,7 @@ fn apply(line: &[u8], heartbeat: &Heartbeat, warnings: &Mutex<LogLimiter>) -> Op
     let text = String::from_utf8_lossy(line);
     let text = text.trim_end_matches('\r');
     let (word, rest) = text.split_once(' ').unwrap_or((text, ""));
+    heartbeat.progress();
     match word {
         "state" if rest.trim().is_empty() => {
             return Some(format!("{}\n", hooks::control_state(heartbeat).as_str()));

@@ -113,6 +113,17 @@ pub fn render_table(snapshot: &Snapshot, color: bool) -> String {
     for (r, c) in snapshot.rows.iter().zip(&cells) {
         out.push_str(&line(c, Some(r.health(now))));
     }
+    let notes: Vec<String> = snapshot
+        .rows
+        .iter()
+        .flat_map(|r| crate::table::notes(r, now))
+        .collect();
+    if !notes.is_empty() {
+        out.push('\n');
+        for note in notes {
+            let _ = writeln!(out, "{note}");
+        }
+    }
     out
 }
 
@@ -156,11 +167,50 @@ mod tests {
         };
         let t = render_table(&snap, false);
         assert!(t.starts_with("Worker Status  1/3 running\n"), "{t}");
-        assert!(t.contains("a       running  12 s ago"), "{t}");
+        assert!(t.contains("a       running  0         12 s ago"), "{t}");
         assert!(t.contains("stale"), "{t}");
         assert!(t.contains("48.2 MiB") && t.contains("2 h 5 min"), "{t}");
         assert!(t.contains("CPU") && t.contains("1.2%"), "{t}");
         assert_eq!(exit_code(&snap), EXIT_UNHEALTHY);
+    }
+
+    #[test]
+    fn a_crash_loop_and_a_reporting_gap_are_said_under_the_table() {
+        let now = Utc::now();
+        let mut looping = row("loop", "running", 1, now);
+        looping.restarts = Some(4);
+        looping.recent_crashes = Some(vec![
+            now - chrono::Duration::seconds(9),
+            now - chrono::Duration::seconds(6),
+            now - chrono::Duration::seconds(3),
+        ]);
+        looping.last_exit_at = Some(now - chrono::Duration::seconds(3));
+        looping.last_exit_status = Some("crashed".into());
+        looping.last_exit_code = Some(1);
+        looping.last_exit_error = Some("at main.js:3\nError: ECONNREFUSED".into());
+        let mut gap = row("orders", "running", 1, now);
+        // The worker's clock is 5 s behind the store's.
+        gap.client_heartbeat = Some(now - chrono::Duration::seconds(6));
+        gap.missed_beats = Some(24);
+        gap.gap_started_at = Some(now - chrono::Duration::seconds(5 + 15 * 60));
+        gap.gap_ended_at = Some(now - chrono::Duration::seconds(5 + 3 * 60));
+        let snap = Snapshot {
+            rows: vec![looping, gap],
+            now,
+        };
+        let t = render_table(&snap, false);
+        assert!(t.contains("loop    flapping  4 "), "{t}");
+        assert!(
+            t.contains("loop: restarted 4 times; the previous instance crashed 3 s ago (exit code 1): Error: ECONNREFUSED"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "orders: reporting gap 12 min (24 beats not delivered), recovered 3 min ago"
+            ),
+            "{t}"
+        );
+        assert_eq!(exit_code(&snap), EXIT_UNHEALTHY, "flapping needs attention");
     }
 
     #[test]

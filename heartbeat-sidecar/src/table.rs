@@ -31,9 +31,10 @@ pub fn exit_code(snapshot: &Snapshot) -> i32 {
 pub const NO_WORKERS: &str = "No worker has reported yet.";
 
 /// The columns of the table and the live view, in [`row_cells`]' order.
-pub const COLUMNS: [&str; 11] = [
+pub const COLUMNS: [&str; 12] = [
     "WORKER",
     "HEALTH",
+    "RESTARTS",
     "LAST SEEN",
     "JOBS",
     "ERRORS",
@@ -46,11 +47,12 @@ pub const COLUMNS: [&str; 11] = [
 ];
 
 /// The cells of one worker's line.
-pub fn row_cells(r: &StatusRow, now: DateTime<Utc>) -> [String; 11] {
+pub fn row_cells(r: &StatusRow, now: DateTime<Utc>) -> [String; 12] {
     let dash = || "-".to_owned();
     [
         r.worker_name.clone(),
         r.health(now).as_str().to_owned(),
+        r.restarts.unwrap_or(0).to_string(),
         r.last_heartbeat
             .map(|t| ago(now, t))
             .unwrap_or_else(|| "never".into()),
@@ -69,6 +71,48 @@ pub fn row_cells(r: &StatusRow, now: DateTime<Utc>) -> [String; 11] {
             .unwrap_or_else(dash),
         r.uptime_seconds.map(duration).unwrap_or_else(dash),
     ]
+}
+
+/// How long a note about a past gap or exit stays under the table.
+const NOTE_FOR: chrono::Duration = chrono::Duration::hours(1);
+
+/// What the table's numbers do not say: a recent reporting gap (the worker
+/// lived, its reports did not get through), a previous instance that
+/// crashed or vanished. One line each, worst first.
+pub fn notes(r: &StatusRow, now: DateTime<Utc>) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(at) = r.last_exit_at.filter(|&at| now - at < NOTE_FOR) {
+        let how = r.last_exit_status.as_deref().unwrap_or("ended");
+        if how != "stopped" {
+            let code = match (r.last_exit_code, r.last_exit_signal) {
+                (Some(c), _) => format!(" (exit code {c})"),
+                (None, Some(s)) => format!(" (signal {s})"),
+                _ => String::new(),
+            };
+            let error = r
+                .last_exit_error
+                .as_deref()
+                .map(|e| format!(": {}", e.lines().last().unwrap_or(e)))
+                .unwrap_or_default();
+            notes.push(format!(
+                "{}: restarted {} time{}; the previous instance {how} {}{code}{error}",
+                r.worker_name,
+                r.restarts.unwrap_or(0),
+                if r.restarts == Some(1) { "" } else { "s" },
+                ago(now, at)
+            ));
+        }
+    }
+    if let Some((began, ended, missed)) = r.reporting_gap().filter(|g| now - g.1 < NOTE_FOR) {
+        notes.push(format!(
+            "{}: reporting gap {} ({missed} beat{} not delivered), recovered {}",
+            r.worker_name,
+            duration((ended - began).num_seconds().max(0)),
+            if missed == 1 { "" } else { "s" },
+            ago(now, ended)
+        ));
+    }
+    notes
 }
 
 /// "12 s ago", "4 min ago", "3 h ago", "2 d ago".

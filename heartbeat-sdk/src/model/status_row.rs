@@ -197,6 +197,22 @@ impl StatusRow {
         }
     }
 
+    /// The last reporting gap: beats the worker could not deliver (its
+    /// store or network was down, the worker was not), as (when it began,
+    /// when it ended, beats missed), on the store's clock.
+    pub fn reporting_gap(&self) -> Option<(DateTime<Utc>, DateTime<Utc>, i64)> {
+        let missed = self.missed_beats.filter(|&m| m > 0)?;
+        let skew = match (self.last_heartbeat, self.client_heartbeat) {
+            (Some(store), Some(worker)) => store - worker,
+            _ => chrono::Duration::zero(),
+        };
+        Some((
+            self.gap_started_at? + skew,
+            self.gap_ended_at? + skew,
+            missed,
+        ))
+    }
+
     /// A run past `max_run_seconds`, or no progress for `watchdog_seconds`.
     fn hung(&self, last_heartbeat: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         // The worker's clock to the store's: its stamps move by the gap

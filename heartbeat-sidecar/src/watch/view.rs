@@ -167,10 +167,10 @@ pub struct View {
 }
 
 /// Which columns show, most important first: a narrow terminal drops the
-/// rest, never the names. Index 11 is the view's own CONTROL column.
-const PRIORITY: [usize; 12] = [0, 1, 11, 2, 3, 4, 8, 9, 10, 5, 6, 7];
+/// rest, never the names. Index 12 is the view's own CONTROL column.
+const PRIORITY: [usize; 13] = [0, 1, 12, 2, 3, 4, 5, 9, 10, 11, 6, 7, 8];
 /// Each column's width (the name's is measured).
-const WIDTHS: [u16; 12] = [0, 8, 12, 9, 7, 7, 8, 12, 10, 7, 12, 20];
+const WIDTHS: [u16; 13] = [0, 8, 8, 12, 9, 7, 7, 8, 12, 10, 7, 12, 20];
 const NAME_WIDTH: (u16, u16) = (8, 40);
 /// The mark before a name.
 const MARK: &str = "● ";
@@ -665,7 +665,7 @@ impl View {
         self.offset = self.offset.min(self.shown.len().saturating_sub(body));
         let end = (self.offset + body).min(self.shown.len());
         let header = Row::new(columns.iter().map(|(i, _)| match *i {
-            11 => "CONTROL",
+            12 => "CONTROL",
             0 => "  WORKER",
             i => COLUMNS[i],
         }))
@@ -690,7 +690,7 @@ impl View {
                             Style::new()
                         }),
                         1 => Cell::from(cells[1].clone()).style(Style::new().fg(color(health))),
-                        11 => {
+                        12 => {
                             let (text, style) = self.control_cell(r);
                             Cell::from(text).style(style)
                         }
