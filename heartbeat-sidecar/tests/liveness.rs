@@ -1,0 +1,158 @@
+//! The row tells the truth in the hard cases, with real processes on the
+//! local store: a worker that beats but does nothing is hung; one that
+//! crashes again and again is flapping, with the store's own restart count.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use heartbeat_sdk::sidecar::SqliteStore;
+use heartbeat_sdk::{Health, StatusRow};
+use hp_heartbeat_tests::eventually::poll_until;
+
+fn row(db: &Path, name: &str) -> Option<StatusRow> {
+    SqliteStore::new(db)
+        .read_all()
+        .ok()?
+        .into_iter()
+        .find(|r| r.worker_name == name)
+}
+
+/// Waits until `name`'s row reads `health` by the reader's rule.
+fn wait_health(db: &Path, name: &str, health: Health) -> StatusRow {
+    poll_until(Duration::from_secs(20), || {
+        row(db, name).filter(|r| r.health(chrono::Utc::now()) == health)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{name} never read {health:?}; last row: {:?}",
+            row(db, name)
+        )
+    })
+}
+
+fn status(db: &Path) -> std::process::Output {
+    sidecar()
+        .env("HP_STORE", db)
+        .args(["status"])
+        .output()
+        .expect("status")
+}
+
+#[test]
+fn a_child_that_prints_once_then_sleeps_turns_hung_and_status_exits_1() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("hung.db");
+    let mut c = sidecar();
+    c.env("HP_STORE", &db)
+        .env("HP_HEARTBEAT_INTERVAL_SECS", "1")
+        .env("HP_LOG", "warn")
+        .args(["run", "--name", "stuck", "--hung-after", "2s", "--"])
+        .args(["sh", "-c", "echo started; exec sleep 60"]);
+    let child = quiet(&mut c).spawn().expect("spawn");
+    let _fleet = Fleet(vec![child]);
+
+    let first = wait_health(&db, "stuck", Health::Running);
+    assert_eq!(first.watchdog_seconds, Some(2));
+    assert!(first.last_progress_at.is_some(), "{first:?}");
+    let hung = wait_health(&db, "stuck", Health::Hung);
+    assert_eq!(hung.status.as_deref(), Some("running"), "alive and beating");
+    let out = status(&db);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("stuck") && text.contains("hung"), "{text}");
+}
+
+#[test]
+fn a_socket_progress_line_keeps_a_quiet_worker_from_reading_hung() {
+    if !node_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("progress.db");
+    // Says nothing on stdout; tells the sidecar's socket it progresses every
+    // 0.3 s for 6 s (twice the watchdog), then nothing, alive.
+    let worker = r#"
+const net = require('net');
+const hb = net.createConnection(process.env.HP_SIDECAR_SOCKET, () => {
+  const tick = setInterval(() => hb.write('progress\n'), 300);
+  setTimeout(() => clearInterval(tick), 6000);
+});
+setTimeout(() => {}, 60000);
+"#;
+    let mut c = sidecar();
+    c.env("HP_STORE", &db)
+        .env("HP_HEARTBEAT_INTERVAL_SECS", "1")
+        .env("HP_LOG", "warn")
+        .args(["run", "--name", "quiet", "--hung-after", "3s", "--"])
+        .args(["node", "-e", worker]);
+    let child = quiet(&mut c).spawn().expect("spawn");
+    let _fleet = Fleet(vec![child]);
+    wait_health(&db, "quiet", Health::Running);
+    // While the lines come, every read says running...
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(4500) {
+        if let Some(r) = row(&db, "quiet") {
+            assert_ne!(
+                r.health(chrono::Utc::now()),
+                Health::Hung,
+                "progress lines count: {r:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...and once they stop, it turns hung.
+    wait_health(&db, "quiet", Health::Hung);
+}
+
+#[test]
+fn four_crashes_in_a_few_seconds_then_a_start_read_flapping_with_four_restarts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("loop.db");
+    let run = |script: &str| {
+        let mut c = sidecar();
+        c.env("HP_STORE", &db)
+            .env("HP_HEARTBEAT_INTERVAL_SECS", "1")
+            .env("HP_LOG", "warn")
+            .args(["run", "--name", "looping", "--", "sh", "-c", script]);
+        quiet(&mut c);
+        c
+    };
+    for i in 0..4 {
+        let out = run(&format!("echo 'Error: boom {i}' >&2; exit 1"))
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "the sidecar exits as its worker");
+    }
+    let crashed = row(&db, "looping").expect("a row");
+    assert_eq!(crashed.status.as_deref(), Some("crashed"));
+    assert_eq!(crashed.restarts, Some(3), "four instances: three restarts");
+    let child = run("exec sleep 60").spawn().expect("spawn");
+    let _fleet = Fleet(vec![child]);
+
+    let again = poll_until(Duration::from_secs(20), || {
+        row(&db, "looping").filter(|r| r.status.as_deref() == Some("running"))
+    })
+    .expect("the fifth instance runs");
+    assert_eq!(again.restarts, Some(4));
+    assert_eq!(again.health(chrono::Utc::now()), Health::Flapping);
+    assert_eq!(again.last_exit_status.as_deref(), Some("crashed"));
+    assert_eq!(again.last_exit_code, Some(1));
+    assert!(
+        again
+            .last_exit_error
+            .as_deref()
+            .is_some_and(|e| e.contains("Error: boom 3")),
+        "the previous instance's error is kept: {again:?}"
+    );
+    let out = status(&db);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("RESTARTS") && text.contains("flapping"), "{text}");
+    assert!(
+        text.contains("looping: restarted 4 times; the previous instance crashed"),
+        "{text}"
+    );
+}
