@@ -753,3 +753,99 @@ async fn the_read_side_pages_past_supabases_1000_row_cap() {
     let pages = server.received_requests().await.unwrap_or_default().len();
     assert_eq!(pages, 5, "700 + 700 + 700 + 400, then an empty page");
 }
+
+/// Answers 201, then 503 `PGRST002` (schema cache reloading) from 0.5 s to
+/// 20.5 s after the first request, then 201 again: with 1 s beats, the
+/// twenty beats due in between are refused (each retried within its beat).
+/// The bodies it answered 201 (stored) are kept, in order.
+struct Outage {
+    first: std::sync::Mutex<Option<Instant>>,
+    stored: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl wiremock::Respond for Outage {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let since = {
+            let mut first = self.first.lock().expect("lock");
+            first.get_or_insert_with(Instant::now).elapsed()
+        };
+        if since > Duration::from_millis(500) && since < Duration::from_millis(20_500) {
+            ResponseTemplate::new(503).set_body_json(serde_json::json!({
+                "code": "PGRST002", "details": null, "hint": null,
+                "message": "Could not query the database for the schema cache. Retrying."
+            }))
+        } else {
+            if let (Ok(body), Ok(mut stored)) = (
+                serde_json::from_slice::<Value>(&request.body),
+                self.stored.lock(),
+            ) {
+                stored.push(body);
+            }
+            ResponseTemplate::new(201)
+        }
+    }
+}
+
+/// Twenty beats that Supabase could not take, then one it did: that one
+/// carries `missed_beats` 20 and the gap's bounds, the next leaves them to
+/// the row; the worker stays `running` under the same instance throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_outage_of_twenty_beats_the_next_beat_carries_missed_beats_20() {
+    let server = MockServer::start().await;
+    let stored = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    Mock::given(method("POST"))
+        .and(path("/rest/v1/hp_worker_status"))
+        .respond_with(Outage {
+            first: Default::default(),
+            stored: stored.clone(),
+        })
+        .mount(&server)
+        .await;
+    let hb = builder(&server, SECRET_KEY)
+        .interval(Duration::from_secs(1))
+        .start()
+        .expect("starts");
+    // What was sent, and what was stored: the first beat, the one that got
+    // through after the outage, and the one after it.
+    let (sent, stored) = hp_heartbeat_tests::eventually::eventually_async(
+        Duration::from_secs(60),
+        "two beats stored after the outage",
+        || async {
+            let stored = stored.lock().map(|s| s.clone()).unwrap_or_default();
+            let sent: Vec<Value> = server
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter(|r| r.method.as_str() == "POST")
+                .filter_map(|r| serde_json::from_slice(&r.body).ok())
+                .collect();
+            (stored.len() >= 3).then_some((sent, stored))
+        },
+    )
+    .await;
+    drop(hb);
+    assert_eq!(
+        stored[0]["missed_beats"], 0,
+        "the first beat clears an old gap"
+    );
+    let first_refused = &sent[1];
+    let back = &stored[1];
+    let missed = back["missed_beats"].as_i64().unwrap_or(0);
+    // Beats are jittered by up to 10%: twenty due in the 20 s, within one.
+    assert!((19..=21).contains(&missed), "missed_beats {missed}: {back}");
+    assert_eq!(back["gap_ended_at"], back["client_heartbeat"]);
+    assert_eq!(
+        back["gap_started_at"], first_refused["client_heartbeat"],
+        "the gap began with the first beat refused"
+    );
+    assert!(
+        stored[2].get("missed_beats").is_none(),
+        "then the row keeps it: {}",
+        stored[2]
+    );
+    for body in &sent {
+        assert_eq!(body["status"], "running", "an outage is no crash");
+        assert_eq!(body["instance_id"], sent[0]["instance_id"], "nor a restart");
+    }
+}

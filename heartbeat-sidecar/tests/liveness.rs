@@ -124,7 +124,11 @@ fn four_crashes_in_a_few_seconds_then_a_start_read_flapping_with_four_restarts()
         let out = run(&format!("echo 'Error: boom {i}' >&2; exit 1"))
             .output()
             .expect("run");
-        assert_eq!(out.status.code(), Some(1), "the sidecar exits as its worker");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "the sidecar exits as its worker"
+        );
     }
     let crashed = row(&db, "looping").expect("a row");
     assert_eq!(crashed.status.as_deref(), Some("crashed"));
@@ -150,7 +154,10 @@ fn four_crashes_in_a_few_seconds_then_a_start_read_flapping_with_four_restarts()
     let out = status(&db);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("RESTARTS") && text.contains("flapping"), "{text}");
+    assert!(
+        text.contains("RESTARTS") && text.contains("flapping"),
+        "{text}"
+    );
     assert!(
         text.contains("looping: restarted 4 times; the previous instance crashed"),
         "{text}"

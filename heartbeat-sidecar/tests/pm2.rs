@@ -506,6 +506,55 @@ fn instances_in_fork_mode_with_the_instance_suffix_report_one_row_each() {
     }
 }
 
+/// The complaint this answers: a worker that exits 1 every 1.5 s under PM2
+/// read `running` in every poll, because PM2 restarts it within a second and
+/// the new instance's row overwrote the crash. Now the store counts the
+/// restarts and the row reads flapping, and `status` exits 1.
+#[test]
+fn a_crash_loop_under_pm2_autorestart_reads_flapping_with_the_stores_restart_count() {
+    let Some(pm2) = Pm2::start() else {
+        return;
+    };
+    let copy = edited_copy(
+        pm2.scratch.path(),
+        &[(
+            "'--', 'node', path.join(__dirname, 'worker.mjs'),",
+            "'--', 'sh', '-c', 'sleep 1.5; echo \"ERROR: lost the database\" >&2; exit 1',",
+        )],
+    );
+    pm2.run(&["start", copy.to_str().expect("utf8")]);
+    let looping = pm2.wait_row(APP, Duration::from_secs(40), |r| {
+        r.restarts.unwrap_or(0) >= 4 && r.status.as_deref() == Some("running")
+    });
+    assert_eq!(
+        looping.health(chrono::Utc::now()),
+        heartbeat_sdk::Health::Flapping,
+        "{looping:?}"
+    );
+    assert_eq!(looping.last_exit_status.as_deref(), Some("crashed"));
+    assert_eq!(looping.last_exit_code, Some(1));
+    assert!(
+        looping
+            .last_exit_error
+            .as_deref()
+            .is_some_and(|e| e.contains("ERROR: lost the database")),
+        "{looping:?}"
+    );
+    let pm2_restarts = pm2.processes()[0]["pm2_env"]["restart_time"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(pm2_restarts >= 4, "PM2 restarted it too: {pm2_restarts}");
+    let out = common::sidecar()
+        .env("HP_STORE", pm2.store())
+        .args(["status"])
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("flapping"), "{text}");
+    pm2.run(&["delete", APP]);
+}
+
 /// docs/development.md's PM2 setup line is the one `.ci/run` runs, so the
 /// place this test looks for PM2 is where both put it.
 #[test]

@@ -287,9 +287,12 @@ impl BeatLoop {
         let base =
             (self.identity.interval / 20).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut backoff = Backoff::new(base, self.identity.interval / 4);
+        // When this beat was first tried: the start of a gap, if it fails.
+        let mut due = None;
         for attempt in 1..=MAX_TRIES_PER_BEAT {
             // Rebuilt on every try: a newer snapshot replaces an older unsent one.
             let row = self.build_row(None);
+            due.get_or_insert(row.client_heartbeat);
             let started = Instant::now();
             self.last_send = Some(started);
             let sent = match timeout_at(next_beat, self.transport.send(&row)).await {
@@ -335,7 +338,7 @@ impl BeatLoop {
             }
         }
         if self.failed_beats == 0 {
-            self.gap_started = Some(now_micros());
+            self.gap_started = due;
         }
         self.failed_beats += 1;
         None
@@ -1017,6 +1020,52 @@ pub(crate) mod tests {
         assert_eq!(rows.len(), 3, "two failures, then delivered");
         assert_eq!(rows[0].jobs_processed, 0);
         assert_eq!(rows[2].jobs_processed, 1, "each retry rebuilds the row");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_beat_after_twenty_undelivered_ones_carries_the_gap_then_the_row_keeps_it() {
+        let mut script = vec![Step::Ok];
+        script.extend(std::iter::repeat_n(Step::Fail(unauthorized()), 20));
+        script.push(Step::Ok);
+        let transport = Scripted::new(script);
+        let task = tokio::spawn(beat_loop(transport.clone(), Duration::from_secs(30), 100).run());
+        tokio::time::sleep(Duration::from_secs(30 * 24)).await;
+        task.abort();
+        let rows = transport.rows();
+        assert!(rows.len() >= 23, "{} rows", rows.len());
+        let clear = GapReport {
+            missed_beats: 0,
+            gap_started_at: None,
+            gap_ended_at: None,
+        };
+        assert_eq!(rows[0].gap, Some(clear), "a first beat clears an old gap");
+        assert_eq!(
+            rows[1].gap, None,
+            "the first undelivered beat knows of no gap"
+        );
+        for (k, row) in rows.iter().enumerate().take(21).skip(2) {
+            assert_eq!(
+                row.gap.map(|g| g.missed_beats),
+                Some(k as u64 - 1),
+                "each try says the gap so far"
+            );
+        }
+        assert_eq!(
+            rows[21].gap,
+            Some(GapReport {
+                missed_beats: 20,
+                gap_started_at: Some(rows[1].client_heartbeat),
+                gap_ended_at: Some(rows[21].client_heartbeat),
+            }),
+            "the delivered beat carries the gap"
+        );
+        assert_eq!(rows[22].gap, None, "then the row keeps it");
+        assert_eq!(
+            rows[21].status,
+            WorkerStatus::Running,
+            "an outage is no crash"
+        );
+        assert_eq!(rows[21].instance_id, rows[0].instance_id, "nor a restart");
     }
 
     #[tokio::test(start_paused = true)]
