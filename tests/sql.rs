@@ -489,6 +489,9 @@ fn health_view_and_rust_agree_at_the_boundaries() {
     assert_eq!(compared, cases.len());
 }
 
+/// A row of the health test: (name, status, breaker open, column = SQL value).
+type HealthCase = (String, &'static str, bool, Vec<(&'static str, String)>);
+
 /// Hung and flapping: the view and `StatusRow::health` agree at the
 /// boundaries of the watchdog, of `max_run`, and of the crash window, with
 /// the worker's clock ahead, behind and right.
@@ -496,8 +499,7 @@ fn health_view_and_rust_agree_at_the_boundaries() {
 fn hung_and_flapping_agree_in_the_view_and_rust() {
     let Some(db) = migrated("hung") else { return };
     let ago = |us: i64| format!("now() - make_interval(secs => {us}::double precision / 1000000)");
-    // (name, status, breaker, extra columns = values)
-    let mut cases: Vec<(String, &str, bool, Vec<(&str, String)>)> = Vec::new();
+    let mut cases: Vec<HealthCase> = Vec::new();
     for skew_s in [-5i64, 0, 7] {
         // client_heartbeat = last_heartbeat + skew: the worker's stamps move with it.
         let client = format!("now() - interval '1 second' + make_interval(secs => {skew_s})");
