@@ -63,49 +63,69 @@ impl Dialog {
                 self.typed.push(c);
                 Outcome::Open
             }
-            (None, KeyCode::Char('y' | 'Y') | KeyCode::Enter) => {
-                Outcome::Confirmed { confirm: None }
-            }
+            // As the command line's `[y/N]`: only y goes on.
+            (None, KeyCode::Char('y' | 'Y')) => Outcome::Confirmed { confirm: None },
             (None, KeyCode::Char('n' | 'N' | 'q')) => Outcome::Cancelled,
             _ => Outcome::Open,
         }
     }
 
+    /// Draws the dialog over `area`: the pools' numbers and the question
+    /// always show; the per-worker lines take the room that is left, and a
+    /// line says how many did not fit.
     pub fn draw(&self, f: &mut Frame, area: Rect) {
-        let mut text: Vec<Line> = self
-            .impact
-            .lines
-            .iter()
-            .map(|l| Line::from(l.clone()))
-            .collect();
-        text.push(Line::from(""));
+        let width = area.width.saturating_sub(4).min(110);
+        let inner = usize::from(width.saturating_sub(2)).max(1);
+        let rows = |line: &Line| line.width().div_ceil(inner).max(1);
         let key = Style::new().add_modifier(Modifier::BOLD);
+
+        let shown_names = 6;
+        let mut names = self.workers[..self.workers.len().min(shown_names)].join(", ");
+        if self.workers.len() > shown_names {
+            names.push_str(&format!(
+                ", … and {} more",
+                self.workers.len() - shown_names
+            ));
+        }
+        let mut top = vec![Line::from(format!("{} {names}", self.action))];
+        let mut workers = Vec::new();
+        let mut bottom = Vec::new();
+        for line in self.impact.lines.iter().skip(1) {
+            if line.starts_with("  pool ") {
+                top.push(Line::from(line.clone()));
+            } else if line.starts_with("  the runs in flight") {
+                bottom.push(Line::from(line.clone()));
+            } else {
+                workers.push(Line::from(line.clone()));
+            }
+        }
+        bottom.push(Line::from(""));
         match (&self.impact.name_conflict, &self.impact.name_needed) {
             (Some(pools), _) => {
-                text.push(Line::styled(
+                bottom.push(Line::styled(
                     format!(
                         "pools {pools} each need their name confirmed: mark one pool at a time"
                     ),
                     Style::new().fg(Color::Red),
                 ));
-                text.push(Line::from(vec![
+                bottom.push(Line::from(vec![
                     Span::styled("Esc", key),
                     Span::raw(" close"),
                 ]));
             }
             (None, Some(pool)) => {
-                text.push(Line::from(vec![
+                bottom.push(Line::from(vec![
                     Span::raw(format!("type the pool's name ({pool}) to go on: ")),
                     Span::styled(format!("{}_", self.typed), key),
                 ]));
-                text.push(Line::from(vec![
+                bottom.push(Line::from(vec![
                     Span::styled("Enter", key),
                     Span::raw(" go on   "),
                     Span::styled("Esc", key),
                     Span::raw(" cancel"),
                 ]));
             }
-            (None, None) => text.push(Line::from(vec![
+            (None, None) => bottom.push(Line::from(vec![
                 Span::styled("y", key),
                 Span::raw(" go on   "),
                 Span::styled("n", key),
@@ -114,8 +134,34 @@ impl Dialog {
                 Span::raw(" cancel"),
             ])),
         }
-        let width = area.width.saturating_sub(4).min(110);
-        let height = (text.len() as u16 + 2).min(area.height.saturating_sub(2));
+        let room = usize::from(area.height.saturating_sub(4));
+        let fixed: usize = top.iter().chain(&bottom).map(rows).sum();
+        let mut left = room.saturating_sub(fixed);
+        let mut text = top;
+        let total = workers.len();
+        let mut kept = 0;
+        for line in workers {
+            // Keep a line for "… N more" unless this is the last one.
+            let need = rows(&line) + usize::from(kept + 1 < total);
+            if need > left {
+                break;
+            }
+            left -= rows(&line);
+            text.push(line);
+            kept += 1;
+        }
+        if kept < total {
+            text.push(Line::styled(
+                format!(
+                    "  … {} more lines about the workers (`heartbeat-sidecar {} NAME...` prints them all)",
+                    total - kept,
+                    self.action.replace('_', "-")
+                ),
+                Style::new().fg(Color::DarkGray),
+            ));
+        }
+        text.extend(bottom);
+        let height = (text.iter().map(rows).sum::<usize>() as u16 + 2).min(area.height);
         let [popup] = Layout::horizontal([Constraint::Length(width)])
             .flex(Flex::Center)
             .areas(area);
@@ -170,11 +216,11 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_dialog_goes_on_with_y_or_enter_and_stops_with_n_or_esc() {
+    fn a_plain_dialog_goes_on_with_y_only_and_stops_with_n_or_esc() {
         let workers = vec!["web-1".to_owned()];
         for (key, outcome) in [
             (KeyCode::Char('y'), Outcome::Confirmed { confirm: None }),
-            (KeyCode::Enter, Outcome::Confirmed { confirm: None }),
+            (KeyCode::Enter, Outcome::Open),
             (KeyCode::Char('n'), Outcome::Cancelled),
             (KeyCode::Esc, Outcome::Cancelled),
             (KeyCode::Char('x'), Outcome::Open),

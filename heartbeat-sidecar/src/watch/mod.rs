@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use heartbeat_sdk::read::Reader;
 use heartbeat_sdk::sidecar::Operator;
-use ratatui::crossterm::event::{self, Event, KeyEventKind};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
 use crate::exit::{Exit, USAGE};
 use crate::table::exit_code;
@@ -55,6 +55,14 @@ pub fn watch(reader: Reader, operator: Operator) -> Exit {
             continue;
         };
         if key.kind != KeyEventKind::Press {
+            continue;
+        }
+        // The terminal is raw: Ctrl-C is a key, not a signal. Other
+        // control keys mean nothing here (Ctrl-A is not `a`).
+        if key.modifiers.contains(KeyModifiers::CONTROL) {
+            if key.code == KeyCode::Char('c') {
+                break;
+            }
             continue;
         }
         match view.key(key.code) {

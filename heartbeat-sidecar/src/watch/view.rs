@@ -33,6 +33,9 @@ const ACTIONS: [(char, &str); 7] = [
 ];
 /// The audit pane keeps this many entries.
 const AUDIT_KEPT: usize = 200;
+/// A request not applied is shown (red after `--wait`'s default 2 min) this long.
+const PENDING_SHOWN: std::time::Duration = std::time::Duration::from_secs(600);
+const PENDING_LATE: std::time::Duration = std::time::Duration::from_secs(120);
 /// An applied request stays on its row this long.
 const APPLIED_SHOWN: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -223,7 +226,16 @@ impl View {
                 self.snapshot = s;
                 self.error = None;
                 self.ever_read = true;
-                self.settle_pending();
+                // A worker whose row is gone can be neither marked nor waited for.
+                let names: std::collections::HashMap<&str, usize> = self
+                    .snapshot
+                    .rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (r.worker_name.as_str(), i))
+                    .collect();
+                self.marked.retain(|m| names.contains_key(m.as_str()));
+                settle_pending(&mut self.pending, &self.snapshot.rows, &names);
             }
             Err(e) => self.error = Some(e.to_string()),
         }
@@ -273,7 +285,9 @@ impl View {
                         },
                     );
                 }
-                self.marked.clear();
+                for name in &a.workers {
+                    self.marked.remove(name);
+                }
                 Notice {
                     text: format!("accepted (audit #{}): {}", a.audit_id, a.message),
                     bad: false,
@@ -291,25 +305,6 @@ impl View {
                 text: format!("not sent: {e}"),
                 bad: true,
             },
-        });
-    }
-
-    /// Marks the requests the rows now show applied; forgets them a while later.
-    fn settle_pending(&mut self) {
-        let rows = &self.snapshot.rows;
-        for (name, p) in self.pending.iter_mut() {
-            if p.applied_after.is_some() {
-                continue;
-            }
-            if let Some(row) = rows.iter().find(|r| r.worker_name == *name) {
-                if applied(&p.action, row, p.generation) {
-                    p.applied_after = Some((p.asked.elapsed().as_secs_f64(), Instant::now()));
-                }
-            }
-        }
-        self.pending.retain(|_, p| {
-            p.applied_after
-                .is_none_or(|(_, at)| at.elapsed() < APPLIED_SHOWN)
         });
     }
 
@@ -333,7 +328,7 @@ impl View {
         let page = self.page as i64;
         match code {
             KeyCode::Char('q') => return Effect::Quit,
-            KeyCode::Esc if self.marked.is_empty() => return Effect::Quit,
+            // Esc never quits: it is what one presses to back out.
             KeyCode::Esc => self.marked.clear(),
             KeyCode::Down | KeyCode::Char('j') => self.move_by(1),
             KeyCode::Up | KeyCode::Char('k') => self.move_by(-1),
@@ -441,6 +436,10 @@ impl View {
         }
         let targets = self.targets();
         if targets.is_empty() {
+            self.notice = Some(Notice {
+                text: "no worker to act on: none is shown (change the filter with f or h)".into(),
+                bad: true,
+            });
             return;
         }
         let names = targets.iter().map(|r| r.worker_name.clone()).collect();
@@ -563,11 +562,12 @@ impl View {
             h if h >= 20 => 8,
             _ => 0,
         };
+        let help_lines = footer(area.width);
         let [title, table, pane, help] = Layout::vertical([
             Constraint::Length(1),
             Constraint::Min(3),
             Constraint::Length(pane_height),
-            Constraint::Length(2),
+            Constraint::Length(help_lines.len() as u16),
         ])
         .areas(area);
         self.draw_title(f, title);
@@ -579,15 +579,13 @@ impl View {
             }
         }
         let grey = Style::new().fg(Color::DarkGray);
-        let actions: Vec<String> = ACTIONS
-            .iter()
-            .map(|(k, a)| format!("{k} {}", a.replace('_', "-")))
-            .collect();
         f.render_widget(
-            Paragraph::new(vec![
-                Line::from(" q quit  ↑↓ PgUp PgDn g G move  space mark  a all shown  f pool  h health  s sort  r reverse  l audit").style(grey),
-                Line::from(format!(" {}  (the marked workers, else the cursor's)", actions.join("  "))).style(grey),
-            ]),
+            Paragraph::new(
+                help_lines
+                    .into_iter()
+                    .map(|l| Line::from(l).style(grey))
+                    .collect::<Vec<_>>(),
+            ),
             help,
         );
         if let Some(dialog) = &self.dialog {
@@ -640,7 +638,11 @@ impl View {
                     ),
                     None => (
                         format!("{verb} pending {} s", p.asked.elapsed().as_secs()),
-                        Style::new().fg(Color::Yellow),
+                        Style::new().fg(if p.asked.elapsed() > PENDING_LATE {
+                            Color::Red
+                        } else {
+                            Color::Yellow
+                        }),
                     ),
                 }
             }
@@ -717,7 +719,16 @@ impl View {
             title.push_str(&format!(" · health {}", h.label()));
         }
         if !self.marked.is_empty() {
+            let hidden = self.marked.len()
+                - self
+                    .shown
+                    .iter()
+                    .filter(|&&i| self.marked.contains(&self.snapshot.rows[i].worker_name))
+                    .count();
             title.push_str(&format!(" · {} marked", self.marked.len()));
+            if hidden > 0 {
+                title.push_str(&format!(" ({hidden} not shown)"));
+            }
         }
         title.push(' ');
         let table = Table::new(rows, widths)
@@ -777,6 +788,64 @@ impl View {
             area,
         );
     }
+}
+
+/// The keys, packed into as few lines as `width` allows (at most three; a
+/// terminal narrower than that loses the last ones, never the table).
+fn footer(width: u16) -> Vec<String> {
+    let mut keys: Vec<String> = [
+        "q quit",
+        "↑↓ PgUp PgDn g G move",
+        "space mark",
+        "a mark all shown",
+        "Esc unmark",
+        "f pool",
+        "h health",
+        "s sort",
+        "r reverse",
+        "l audit/detail",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    keys.extend(
+        ACTIONS
+            .iter()
+            .map(|(k, a)| format!("{k} {}", a.replace('_', "-"))),
+    );
+    let width = usize::from(width.max(20));
+    let mut lines: Vec<String> = vec![String::new()];
+    for key in keys {
+        let line = lines.last_mut().expect("a line");
+        if !line.is_empty() && line.chars().count() + 2 + key.chars().count() + 1 > width {
+            lines.push(String::new());
+        }
+        let line = lines.last_mut().expect("a line");
+        line.push_str(if line.is_empty() { " " } else { "  " });
+        line.push_str(&key);
+    }
+    lines.truncate(3);
+    lines
+}
+
+/// Marks the requests the rows now show applied; forgets them a while
+/// later, and forgets those whose worker is gone or that waited too long.
+fn settle_pending(
+    pending: &mut BTreeMap<String, Pending>,
+    rows: &[StatusRow],
+    names: &std::collections::HashMap<&str, usize>,
+) {
+    pending.retain(|name, p| {
+        let Some(&at) = names.get(name.as_str()) else {
+            return false;
+        };
+        if p.applied_after.is_none() && applied(&p.action, &rows[at], p.generation) {
+            p.applied_after = Some((p.asked.elapsed().as_secs_f64(), Instant::now()));
+        }
+        match p.applied_after {
+            Some((_, at)) => at.elapsed() < APPLIED_SHOWN,
+            None => p.asked.elapsed() < PENDING_SHOWN,
+        }
+    });
 }
 
 fn audit_line(e: &AuditEntry, actor_width: usize) -> Line<'static> {
@@ -1321,5 +1390,117 @@ mod tests {
         assert_eq!(cursor(&view), Some("worker-0000"));
         keys(&mut view, "a");
         assert_eq!(view.marked.len(), 5000);
+    }
+
+    #[test]
+    fn the_dialog_over_five_thousand_marked_workers_keeps_the_numbers_and_the_question() {
+        let mut view = View::new("t".into(), None);
+        let rows: Vec<StatusRow> = (0..5000)
+            .map(|i| row(&format!("worker-{i:04}"), "running", 1, "bulk", "active", 0))
+            .collect();
+        view.rows(Ok(Snapshot {
+            rows,
+            now: chrono::Utc::now(),
+        }));
+        view.budgets(Ok(Vec::new()));
+        keys(&mut view, "aP");
+        for (w, h) in [(150, 40), (80, 24)] {
+            let screen = render(&mut view, w, h);
+            assert!(screen.contains("pause 5000 workers"), "{w}x{h}:\n{screen}");
+            assert!(screen.contains("… and 4994 more"), "{w}x{h}:\n{screen}");
+            assert!(
+                screen.contains("pool bulk: 5000 workers, available 5000 -> 0"),
+                "the numbers at {w}x{h}:\n{screen}"
+            );
+            assert!(
+                screen.contains("more lines about the workers"),
+                "{w}x{h}:\n{screen}"
+            );
+            assert!(
+                screen.contains("y go on"),
+                "the question at {w}x{h}:\n{screen}"
+            );
+        }
+        assert_eq!(view.key(KeyCode::Enter), Effect::Nothing, "Enter is no yes");
+        assert!(view.dialog.is_some());
+    }
+
+    #[test]
+    fn esc_unmarks_and_never_quits_and_only_q_does() {
+        let mut view = View::new("t".into(), None);
+        web(&mut view, "active", 0);
+        keys(&mut view, " ");
+        assert_eq!(view.key(KeyCode::Esc), Effect::Nothing);
+        assert!(view.marked.is_empty());
+        assert_eq!(view.key(KeyCode::Esc), Effect::Nothing, "twice: still here");
+        assert_eq!(view.key(KeyCode::Char('q')), Effect::Quit);
+    }
+
+    #[test]
+    fn marks_hidden_by_a_filter_are_said_and_vanished_workers_unmarked() {
+        let mut view = View::new("t".into(), None);
+        view.rows(Ok(snapshot()));
+        view.budgets(Ok(Vec::new()));
+        keys(&mut view, "ffa");
+        assert_eq!(view.pool_filter.as_deref(), Some("orders"));
+        keys(&mut view, "f");
+        assert_eq!(view.pool_filter, None);
+        keys(&mut view, "h");
+        keys(&mut view, "h");
+        let screen = render(&mut view, 150, 40);
+        assert!(
+            screen.contains("1 marked") && !screen.contains("not shown"),
+            "running: order-executor is shown:\n{screen}"
+        );
+        keys(&mut view, "hh");
+        let screen = render(&mut view, 150, 40);
+        assert!(screen.contains("1 marked (1 not shown)"), "{screen}");
+        let mut gone = snapshot();
+        gone.rows
+            .retain(|r| r.worker_name != "order-executor-eu-west-1");
+        view.rows(Ok(gone));
+        assert!(
+            view.marked.is_empty(),
+            "a worker whose row is gone is unmarked"
+        );
+    }
+
+    #[test]
+    fn an_answer_unmarks_only_what_it_was_for_and_pending_goes_with_the_row() {
+        let mut view = View::new("t".into(), None);
+        web(&mut view, "active", 0);
+        keys(&mut view, "    ");
+        assert_eq!(view.marked.len(), 4);
+        view.answer(Ok(serde_json::from_value(json!({
+            "outcome": "accepted", "action": "pause", "rule": null,
+            "message": "ok", "workers": ["web-1"], "pool": "web",
+            "available_before": 4, "available_after": 3, "forced": false, "pools": [],
+            "generations": {"web-1": 7}, "audit_id": 12
+        }))
+        .expect("answer")));
+        assert_eq!(view.marked.len(), 3, "marked while it was on its way: kept");
+        assert!(view.pending.contains_key("web-1"));
+        let mut gone = view.snapshot.clone();
+        gone.rows.retain(|r| r.worker_name != "web-1");
+        view.rows(Ok(gone));
+        assert!(view.pending.is_empty(), "no row, nothing to wait for");
+    }
+
+    #[test]
+    fn the_footer_fits_eighty_columns_in_three_lines_with_every_action() {
+        let lines = footer(80);
+        assert!(lines.len() <= 3, "{lines:?}");
+        for line in &lines {
+            assert!(line.chars().count() <= 80, "{line:?}");
+        }
+        let all = lines.join(" ");
+        for (k, _) in ACTIONS {
+            assert!(all.contains(&format!("{k} ")), "{k} in {all}");
+        }
+        assert!(
+            all.contains("q quit") && all.contains("Esc unmark"),
+            "{all}"
+        );
+        assert_eq!(footer(200).len(), 1, "{:?}", footer(200));
     }
 }
