@@ -106,7 +106,7 @@ create or replace trigger hp_worker_status_stamp
   for each row execute function public.hp_worker_status_stamp();
 
 -- Health as readers derive it. The same rule is in heartbeat-sdk's
--- derive_health (Rust); a test feeds both the same rows.
+-- StatusRow::health (Rust); a test feeds both the same rows.
 -- security_invoker: callers see only what their own grants and RLS allow.
 -- Made only where it does not exist: a later migration
 -- (20261201000001_hp_liveness.sql) extends it, and running this file again

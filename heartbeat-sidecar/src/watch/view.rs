@@ -950,6 +950,24 @@ fn detail_lines(r: &StatusRow, now: chrono::DateTime<chrono::Utc>) -> Vec<Line<'
             format!("{} in a row", r.consecutive_errors.unwrap_or(0)),
         ),
     ];
+    if let (Some(at), Some(period)) = (r.last_progress_at, r.watchdog_seconds) {
+        lines.push(field(
+            "progress",
+            format!(
+                "{} by its clock (hung after {} without)",
+                crate::table::ago(now, at),
+                crate::table::duration(period)
+            ),
+        ));
+    }
+    for note in crate::table::notes(r, now) {
+        // The note starts with the name, which the pane's title already says.
+        let text = note
+            .strip_prefix(&format!("{}: ", r.worker_name))
+            .unwrap_or(&note)
+            .to_owned();
+        lines.push(field("note", text));
+    }
     let meta = r
         .metadata
         .as_ref()
@@ -1502,5 +1520,30 @@ mod tests {
             "{all}"
         );
         assert_eq!(footer(200).len(), 1, "{:?}", footer(200));
+    }
+
+    #[test]
+    fn the_detail_pane_says_how_the_previous_instance_ended_and_the_progress() {
+        let mut view = View::new("t".into(), None);
+        let now = chrono::Utc::now();
+        let mut r = row("looping", "running", 1, "default", "active", 0);
+        r.restarts = Some(4);
+        r.last_exit_at = Some(now - chrono::Duration::seconds(12));
+        r.last_exit_status = Some("crashed".into());
+        r.last_exit_code = Some(1);
+        r.last_exit_error = Some("Error: boom".into());
+        r.last_progress_at = Some(now - chrono::Duration::seconds(90));
+        r.watchdog_seconds = Some(120);
+        view.rows(Ok(Snapshot { rows: vec![r], now }));
+        let screen = render(&mut view, 150, 40);
+        assert!(
+            screen.contains("restarted 4 times; the previous instance crashed 12 s ago (exit code 1): Error: boom"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("1 min ago by its clock (hung after 2 min without)"),
+            "{screen}"
+        );
+        assert!(screen.contains("RESTARTS"), "{screen}");
     }
 }
