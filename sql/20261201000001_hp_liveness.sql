@@ -114,38 +114,25 @@ $$;
 
 revoke all on function public.hp_worker_status_liveness() from public, anon, authenticated, service_role;
 
--- Beats stay cheap: it fires only when the instance or the status changes,
--- or a client tried to write the database's columns.
+-- Beats stay cheap: it fires only when the instance or the status changes
+-- (a beat costs two comparisons). The SDK never sends the database's columns
+-- and the hp_reporter role may not write them (sql/optional); the secret key
+-- can write anything, here as anywhere.
 create or replace trigger hp_worker_status_liveness
   before update on public.hp_worker_status
   for each row
   when (old.instance_id is distinct from new.instance_id
-        or old.status is distinct from new.status
-        or old.restarts is distinct from new.restarts
-        or old.recent_crashes is distinct from new.recent_crashes
-        or old.last_exit_at is distinct from new.last_exit_at
-        or old.last_exit_status is distinct from new.last_exit_status
-        or old.last_exit_code is distinct from new.last_exit_code
-        or old.last_exit_signal is distinct from new.last_exit_signal
-        or old.last_exit_error is distinct from new.last_exit_error)
+        or old.status is distinct from new.status)
   execute function public.hp_worker_status_liveness();
 
--- A first row starts with none of them, whatever was sent.
+-- A first row that is already a crash counts it.
 create or replace function public.hp_worker_status_liveness_insert()
 returns trigger
 language plpgsql
 set search_path = ''
 as $$
 begin
-  new.restarts := 0;
-  new.recent_crashes := case
-    when new.status = 'crashed' and not coalesce(new.circuit_breaker_open, false)
-      then array[pg_catalog.now()] end;
-  new.last_exit_at := null;
-  new.last_exit_status := null;
-  new.last_exit_code := null;
-  new.last_exit_signal := null;
-  new.last_exit_error := null;
+  new.recent_crashes := array[pg_catalog.now()];
   return new;
 end
 $$;
@@ -155,11 +142,7 @@ revoke all on function public.hp_worker_status_liveness_insert() from public, an
 create or replace trigger hp_worker_status_liveness_insert
   before insert on public.hp_worker_status
   for each row
-  when (new.restarts is distinct from 0 or new.recent_crashes is not null
-        or new.status = 'crashed'
-        or new.last_exit_at is not null or new.last_exit_status is not null
-        or new.last_exit_code is not null or new.last_exit_signal is not null
-        or new.last_exit_error is not null)
+  when (new.status = 'crashed' and not coalesce(new.circuit_breaker_open, false))
   execute function public.hp_worker_status_liveness_insert();
 
 -- Health gains hung and flapping. Same leading columns as the first
