@@ -298,10 +298,24 @@ fn hp_reporter_writes_only_its_own_row_and_columns() {
         .as_request(&me, "update hp_worker_status set worker_name = 'hijack' where worker_name = 'scoped-worker'")
         .expect_err("renames its row");
     assert!(rename.contains("42501"), "{rename}");
-    let column = db
-        .as_request(&me, "update hp_worker_status set updated_at = now()")
-        .expect_err("a non-reporting column");
-    assert!(column.contains("42501"), "{column}");
+    for forged in [
+        "updated_at = now()",
+        // The store's count of the worker's lives is not the worker's to write.
+        "restarts = 0",
+        "recent_crashes = null",
+        "last_exit_status = 'stopped'",
+    ] {
+        let column = db
+            .as_request(&me, &format!("update hp_worker_status set {forged}"))
+            .expect_err("a column the reporter may not write");
+        assert!(column.contains("42501"), "{forged}: {column}");
+    }
+    // Its own liveness columns it may.
+    db.as_request(
+        &me,
+        "update hp_worker_status set missed_beats = 3, watchdog_seconds = 60, last_progress_at = now()",
+    )
+    .expect("the worker's liveness columns");
     let delete = db
         .as_request(&me, "delete from hp_worker_status")
         .expect_err("deletes");
