@@ -364,6 +364,11 @@ pub struct RunArgs {
     /// the worker beats but does nothing [env: HP_WATCHDOG_SECS]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub hung_after: Option<std::time::Duration>,
+    /// Forward the signals the sidecar gets (TERM, INT, HUP, ...) to the
+    /// worker's whole process group, not only to the worker: `docker stop`
+    /// then reaches what a shell script started (tini's -g).
+    #[arg(long)]
+    pub signal_group: bool,
     /// Refuse to start the worker when reporting is misconfigured (exit 2).
     /// By default the worker runs anyway and the error is logged.
     #[arg(long)]

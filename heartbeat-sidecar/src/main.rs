@@ -9,6 +9,7 @@ mod group;
 mod lines;
 mod operate;
 mod output;
+mod reaper;
 mod run;
 mod socket;
 mod status;

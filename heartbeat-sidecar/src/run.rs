@@ -161,6 +161,8 @@ async fn supervise(args: RunArgs, mode: Mode) -> Exit {
         run_due: false,
         restarts: 0,
         forwarded_shutdown: None,
+        signal_group: args.signal_group,
+        reaper: crate::reaper::Reaper::when_init(),
     };
     let strict = args.strict;
     let exit = s.start(reporting, strict).await;
@@ -296,6 +298,8 @@ enum Event {
     MemoryCheck,
     KillDue,
     RunDue,
+    /// PID 1: a child may have exited (SIGCHLD, or the periodic sweep).
+    MayReap,
 }
 
 struct Supervisor {
@@ -325,6 +329,10 @@ struct Supervisor {
     restarts: u64,
     /// The shutdown signal passed on to the child, if any.
     forwarded_shutdown: Option<i32>,
+    /// `--signal-group`: forwarded signals go to the worker's whole group.
+    signal_group: bool,
+    /// PID 1: orphans are reaped here.
+    reaper: Option<crate::reaper::Reaper>,
 }
 
 impl Supervisor {
@@ -549,6 +557,13 @@ impl Supervisor {
                     self.run_due = true;
                     None
                 }
+                Event::MayReap => {
+                    let worker = self.current.as_ref().map(|w| w.pid);
+                    if let Some(r) = self.reaper.as_mut() {
+                        r.reap(worker);
+                    }
+                    None
+                }
             };
             if let Some(exit) = ended {
                 return exit;
@@ -570,6 +585,7 @@ impl Supervisor {
         let run_due = self.next_run.filter(|_| !has_child);
         let child = self.current.as_mut().map(|w| &mut w.child);
         let changes = self.changes.as_mut();
+        let reaper = self.reaper.as_mut();
         tokio::select! {
             status = async { child.expect("a child").wait().await }, if has_child => Event::Exited(status),
             Some(sig) = self.signals.recv() => Event::Signal(sig),
@@ -582,6 +598,12 @@ impl Supervisor {
             _ = memory_check.tick(), if watch_memory => Event::MemoryCheck,
             _ = sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() => Event::KillDue,
             _ = sleep_until(run_due.unwrap_or_else(Instant::now)), if run_due.is_some() => Event::RunDue,
+            _ = async {
+                match reaper {
+                    Some(r) => r.wait().await,
+                    None => std::future::pending().await,
+                }
+            } => Event::MayReap,
         }
     }
 
@@ -783,7 +805,11 @@ impl Supervisor {
                 send_to_worker(w.pid, self.launcher.own_group, resume);
                 w.paused_in_place = false;
             }
-            send(w.pid, sig);
+            if self.signal_group {
+                send_to_worker(w.pid, self.launcher.own_group, sig);
+            } else {
+                send(w.pid, sig);
+            }
         }
         // HUP and QUIT end a process by default: with no child to pass them
         // to, they end the sidecar.
