@@ -328,6 +328,11 @@ fn prepare(builder: HeartbeatBuilder) -> Result<BeatLoop, ConfigError> {
         Counters::new(valid.breaker_threshold, valid.metadata),
         valid.shutdown_budget,
     ));
+    if valid.systemd_watchdog {
+        if let Some(socket) = crate::transport::notify::NotifySocket::from_env() {
+            shared.progress.ping_systemd(socket);
+        }
+    }
     let identity = Identity {
         worker_name: valid.name,
         hostname: sysinfo::System::host_name(),

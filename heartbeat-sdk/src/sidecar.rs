@@ -14,6 +14,7 @@ pub use crate::model::desired::WorkerState;
 pub use crate::model::row::FinalState;
 pub use crate::model::text::{truncate_message, MAX_LAST_ERROR_BYTES};
 pub use crate::operate::Operator;
+pub use crate::transport::notify::{address as notify_address, NotifySocket};
 pub use crate::transport::sqlite::SqliteStore;
 
 use crate::config::target::StoreSettings;
@@ -87,6 +88,11 @@ pub fn row_changed(heartbeat: &Heartbeat) {
 /// it was not over in time (the store is slow or unreachable).
 pub fn wait_first_control_read(heartbeat: &Heartbeat, limit: Duration) -> bool {
     heartbeat.shared.control.wait_first_read(limit)
+}
+
+/// How long ago the worker last showed progress (`None`: never).
+pub fn progress_since(heartbeat: &Heartbeat) -> Option<Duration> {
+    heartbeat.shared.progress.since()
 }
 
 /// The sidecar started its child again (a restart in place, a resume): from

@@ -7,6 +7,7 @@ mod exit;
 mod fleet;
 mod group;
 mod lines;
+mod notify;
 mod operate;
 mod output;
 mod reaper;

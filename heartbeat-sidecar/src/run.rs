@@ -134,10 +134,14 @@ async fn supervise(args: RunArgs, mode: Mode) -> Exit {
     let (job, error) = reporting
         .as_ref()
         .map_or((None, None), |p| (p.job.clone(), p.error.clone()));
+    // Under systemd the worker's notify socket is the sidecar's relay.
+    let mut notify = crate::notify::SystemdNotify::from_env();
+    let notify_relay = notify.as_mut().and_then(|n| n.start_relay());
     let mut s = Supervisor {
         launcher: Launcher {
             command: args.command.clone(),
             socket: socket.as_ref().map(|s| s.path().to_owned()),
+            notify_socket: notify_relay,
             own_group,
             parent: std::process::id(),
             job,
@@ -163,13 +167,26 @@ async fn supervise(args: RunArgs, mode: Mode) -> Exit {
         forwarded_shutdown: None,
         signal_group: args.signal_group,
         reaper: crate::reaper::Reaper::when_init(),
+        notify,
     };
     let strict = args.strict;
     let exit = s.start(reporting, strict).await;
     if let Some(exit) = exit {
+        if let Some(n) = &s.notify {
+            n.stopping();
+        }
         return exit;
     }
+    if let Some(n) = s.notify.as_mut() {
+        // Ready also when paused at start: the service is up, its worker
+        // waits for a resume.
+        n.ready();
+        n.watch(s.heartbeat.clone());
+    }
     let exit = s.run_to_end().await;
+    if let Some(n) = &s.notify {
+        n.stopping();
+    }
     drop(s.socket.take());
     // Whatever the worker started and left running goes with it.
     if let Some(g) = s.guard.as_mut() {
@@ -215,6 +232,8 @@ struct Stopping {
 struct Launcher {
     command: Vec<String>,
     socket: Option<PathBuf>,
+    /// The worker's `NOTIFY_SOCKET` (the sidecar's relay), under systemd.
+    notify_socket: Option<PathBuf>,
     own_group: bool,
     parent: u32,
     job: Option<Pattern>,
@@ -231,6 +250,13 @@ impl Launcher {
             .stderr(Stdio::piped());
         if let Some(path) = &self.socket {
             command.env("HP_SIDECAR_SOCKET", path);
+        }
+        if let Some(path) = &self.notify_socket {
+            // WATCHDOG_PID names the sidecar: the worker's own pings, if it
+            // sends any, go through the relay.
+            command
+                .env("NOTIFY_SOCKET", path)
+                .env_remove("WATCHDOG_PID");
         }
         if self.own_group {
             command.process_group(0);
@@ -333,6 +359,8 @@ struct Supervisor {
     signal_group: bool,
     /// PID 1: orphans are reaped here.
     reaper: Option<crate::reaper::Reaper>,
+    /// Under systemd: READY, STOPPING, the watchdog, the worker's relay.
+    notify: Option<crate::notify::SystemdNotify>,
 }
 
 impl Supervisor {
@@ -467,6 +495,9 @@ impl Supervisor {
         self.probe.follow(Some(pid));
         if let Some(g) = self.guard.as_mut() {
             g.watch(pid as i32);
+        }
+        if let Some(n) = self.notify.as_mut() {
+            n.ready();
         }
         let stderr_tail = Arc::new(Mutex::new(Vec::<u8>::new()));
         let mut pumps = Vec::new();
@@ -825,6 +856,9 @@ impl Supervisor {
             return Some(Exit::Signal(sig));
         }
         self.forwarded_shutdown = Some(sig);
+        if let Some(n) = &self.notify {
+            n.stopping();
+        }
         if self.current.is_some() {
             return None;
         }
@@ -1034,6 +1068,8 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
         .settle_beat(SETTLE_BEAT)
         .pool(args.pool.clone())
         .handle_signals(false)
+        // The sidecar speaks to systemd for its worker (notify.rs).
+        .leave_systemd_to_caller()
         .reporter(concat!("heartbeat-sidecar/", env!("CARGO_PKG_VERSION")));
     if let Some(limit) = args.max_run {
         builder = builder.max_run(limit);

@@ -3,13 +3,27 @@
 //! called per item of work. The row says when, and readers judge hung by it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use crate::transport::notify::NotifySocket;
 
 #[derive(Debug)]
 pub(crate) struct Progress {
     base: Instant,
     /// Microseconds after `base`, plus one (0: never).
     last: AtomicU64,
+    /// Under systemd's watchdog: progress is what pings it.
+    watchdog: OnceLock<Watchdog>,
+}
+
+/// `WATCHDOG=1` to systemd, at most every quarter of its period.
+#[derive(Debug)]
+struct Watchdog {
+    socket: NotifySocket,
+    every: Duration,
+    /// Microseconds after `base` of the last ping, plus one.
+    pinged: AtomicU64,
 }
 
 impl Default for Progress {
@@ -17,15 +31,42 @@ impl Default for Progress {
         Progress {
             base: Instant::now(),
             last: AtomicU64::new(0),
+            watchdog: OnceLock::new(),
         }
     }
 }
 
 impl Progress {
+    /// From now on progress pings systemd's watchdog (`WatchdogSec=`), so a
+    /// worker that stops making progress is restarted by systemd, while one
+    /// whose beat thread alone is alive is not kept alive by it.
+    pub fn ping_systemd(&self, socket: NotifySocket) {
+        if let Some(period) = socket.watchdog() {
+            let _ = self.watchdog.set(Watchdog {
+                socket,
+                every: period / 4,
+                pinged: AtomicU64::new(0),
+            });
+        }
+    }
+
     /// Progress now.
     pub fn mark(&self) {
         let after = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
         self.last.store(after + 1, Ordering::Relaxed);
+        if let Some(w) = self.watchdog.get() {
+            let pinged = w.pinged.load(Ordering::Relaxed);
+            let due =
+                pinged == 0 || Duration::from_micros(after + 1 - pinged.min(after + 1)) >= w.every;
+            // One caller wins the ping; a datagram that cannot go is dropped.
+            if due
+                && w.pinged
+                    .compare_exchange(pinged, after + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                let _ = w.socket.send(b"WATCHDOG=1");
+            }
+        }
     }
 
     /// How long ago the last progress was; `None` before any.
@@ -44,6 +85,33 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_pings_systemds_watchdog_at_most_every_quarter_period() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("notify.sock");
+        let systemd = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        systemd.set_nonblocking(true).expect("nonblocking");
+        let heard = || {
+            let mut buf = [0u8; 64];
+            std::iter::from_fn(|| systemd.recv(&mut buf).ok().map(|n| buf[..n].to_vec()))
+                .collect::<Vec<_>>()
+        };
+        let p = Progress::default();
+        p.ping_systemd(NotifySocket::to(&path, Some(Duration::from_millis(400))));
+        assert!(heard().is_empty(), "no progress, no ping");
+        for _ in 0..1000 {
+            p.mark();
+        }
+        assert_eq!(
+            heard(),
+            vec![b"WATCHDOG=1".to_vec()],
+            "a thousand marks, one ping"
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        p.mark();
+        assert_eq!(heard().len(), 1, "a quarter period later, the next");
+    }
 
     #[test]
     fn none_until_marked_then_the_time_since() {

@@ -40,6 +40,7 @@ pub struct HeartbeatBuilder {
     probe: Option<Box<dyn ProcessProbe>>,
     settle_beat: Option<Duration>,
     hold_first_beat: bool,
+    systemd_watchdog: bool,
     pool: Option<String>,
     control_poll: Option<Duration>,
     max_run: Option<Duration>,
@@ -73,6 +74,8 @@ pub(crate) struct Validated {
     pub reporter: String,
     pub settle_beat: Option<Duration>,
     pub hold_first_beat: bool,
+    /// `progress()` pings systemd's watchdog (off in the sidecar, which does it itself).
+    pub systemd_watchdog: bool,
     pub pool: String,
     /// Where control rows are read; `None` for a transport given in code
     /// or a reporter that does not obey.
@@ -98,6 +101,7 @@ impl HeartbeatBuilder {
             probe: None,
             settle_beat: None,
             hold_first_beat: false,
+            systemd_watchdog: true,
             pool: None,
             control_poll: None,
             max_run: None,
@@ -220,6 +224,14 @@ impl HeartbeatBuilder {
     #[doc(hidden)]
     pub fn hold_first_beat(mut self) -> Self {
         self.hold_first_beat = true;
+        self
+    }
+
+    /// Leaves systemd's notify socket to the caller: `progress()` pings no
+    /// watchdog (the sidecar speaks for its child itself).
+    #[doc(hidden)]
+    pub fn leave_systemd_to_caller(mut self) -> Self {
+        self.systemd_watchdog = false;
         self
     }
 
@@ -451,6 +463,7 @@ impl HeartbeatBuilder {
             reporter: self.reporter,
             settle_beat: self.settle_beat,
             hold_first_beat: self.hold_first_beat,
+            systemd_watchdog: self.systemd_watchdog,
             pool: self.pool.unwrap_or_else(|| env::DEFAULT_POOL.to_owned()),
             control,
             control_poll: self.control_poll.unwrap_or(env::DEFAULT_CONTROL_POLL),

@@ -1,6 +1,7 @@
 //! Where rows are sent: the seam between "build the row" and "send the row".
 
 mod memory;
+pub(crate) mod notify;
 pub(crate) mod postgrest;
 pub(crate) mod sqlite;
 pub(crate) mod sqlite_control;
