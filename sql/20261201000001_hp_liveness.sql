@@ -10,6 +10,9 @@
 -- leaves its liveness columns out (and says once to apply this file).
 
 alter table public.hp_worker_status
+  -- Read by the rules below; the control and runs migrations own them (and
+  -- their CHECKs), whichever order the files run in.
+  add column if not exists state            text,
   add column if not exists run_state        text,
   add column if not exists run_started_at   timestamptz,
   add column if not exists max_run_seconds  integer,
@@ -76,6 +79,9 @@ as $$
 declare
   crashes timestamptz[] := coalesce(old.recent_crashes, '{}');
   ended boolean := old.status in ('stopped', 'crashed');
+  -- A new instance: both ids known and different (a seed client sends none).
+  new_instance boolean := new.instance_id is distinct from old.instance_id
+                          and new.instance_id is not null and old.instance_id is not null;
 begin
   -- Whatever a client sent for these, the database's values stand.
   new.restarts := coalesce(old.restarts, 0);
@@ -84,8 +90,7 @@ begin
   new.last_exit_code := old.last_exit_code;
   new.last_exit_signal := old.last_exit_signal;
   new.last_exit_error := old.last_exit_error;
-  if new.instance_id is distinct from old.instance_id
-     and new.instance_id is not null and old.instance_id is not null then
+  if new_instance then
     new.restarts := coalesce(old.restarts, 0) + 1;
     new.last_exit_at := case when ended then old.updated_at else old.last_heartbeat end;
     new.last_exit_status := case when ended then old.status else 'vanished' end;
@@ -100,10 +105,16 @@ begin
     if not ended and coalesce(old.state, 'active') = 'active' and old.last_heartbeat is not null then
       crashes := crashes || old.last_heartbeat;
     end if;
+    -- It ended crashed with its breaker open (its final row kept the
+    -- breaker): a crash the final row could not say.
+    if old.status = 'crashed' and coalesce(old.circuit_breaker_open, false)
+       and old.updated_at is not null then
+      crashes := crashes || old.updated_at;
+    end if;
   end if;
   -- A final crashed row (an open breaker also says crashed, but the worker lives).
   if new.status = 'crashed' and not coalesce(new.circuit_breaker_open, false)
-     and (old.status is distinct from 'crashed' or new.instance_id is distinct from old.instance_id) then
+     and (old.status is distinct from 'crashed' or new_instance) then
     crashes := crashes || pg_catalog.now();
   end if;
   new.recent_crashes := case when cardinality(crashes) = 0 then old.recent_crashes
@@ -149,9 +160,9 @@ create or replace trigger hp_worker_status_liveness_insert
 -- migration's view (a view may only gain columns at the end), the rule in
 -- heartbeat-sdk's StatusRow::health; a test feeds both the same rows.
 --   flapping: three crashes within ten minutes, until ten minutes without one;
---   hung: running and beating, but a run has lasted past max_run_seconds, or
---         no progress for watchdog_seconds (the worker's clock corrected by
---         last_heartbeat - client_heartbeat).
+--   hung: running and beating, but a run has lasted past max_run_seconds, or,
+--         active and not between runs, no progress for watchdog_seconds (the
+--         worker's clock corrected by last_heartbeat - client_heartbeat).
 create or replace view public.hp_worker_health
 with (security_invoker = true)
 as
@@ -174,7 +185,11 @@ select
          and ((w.run_state = 'running' and w.max_run_seconds > 0
                and now() - (w.run_started_at + (w.last_heartbeat - coalesce(w.client_heartbeat, w.last_heartbeat)))
                    > make_interval(secs => w.max_run_seconds))
+              -- The watchdog is for a worker meant to be working: not one
+              -- paused or draining, nor one between runs.
               or (w.watchdog_seconds > 0
+                  and coalesce(w.state, 'active') = 'active'
+                  and coalesce(w.run_state, 'running') = 'running'
                   and now() - (w.last_progress_at + (w.last_heartbeat - coalesce(w.client_heartbeat, w.last_heartbeat)))
                       > make_interval(secs => w.watchdog_seconds)))
       then 'hung'

@@ -531,7 +531,29 @@ fn hung_and_flapping_agree_in_the_view_and_rust() {
             if tag != "never" {
                 cols.push(("last_progress_at", on_worker_clock(us)));
             }
-            cases.push((format!("watchdog-{tag}-{skew_s}"), "running", false, cols));
+            cases.push((
+                format!("watchdog-{tag}-{skew_s}"),
+                "running",
+                false,
+                cols.clone(),
+            ));
+            // Paused, or between two runs: no progress is expected.
+            let mut paused = cols.clone();
+            paused.push(("state", "'paused'".into()));
+            cases.push((
+                format!("watchdog-paused-{tag}-{skew_s}"),
+                "running",
+                false,
+                paused,
+            ));
+            let mut idle = cols;
+            idle.push(("run_state", "'succeeded'".into()));
+            cases.push((
+                format!("watchdog-idle-{tag}-{skew_s}"),
+                "running",
+                false,
+                idle,
+            ));
         }
         for run_state in ["running", "succeeded"] {
             for (tag, us) in [
@@ -618,6 +640,8 @@ fn hung_and_flapping_agree_in_the_view_and_rust() {
         ("watchdog-past-0", "hung"),
         ("watchdog-past--5", "hung"),
         ("watchdog-never-0", "running"),
+        ("watchdog-paused-past-0", "running"),
+        ("watchdog-idle-past-0", "running"),
         ("maxrun-running-past-7", "hung"),
         ("maxrun-succeeded-past-0", "running"),
         ("crashes-running-false-loop", "flapping"),
@@ -649,7 +673,7 @@ type Write = (
 /// open breaker (no crash), the same crashed row sent twice (one crash), an
 /// instance that vanished while it worked (a crash) and one that was paused
 /// (not a crash).
-const LIVENESS_WRITES: [Write; 17] = [
+const LIVENESS_WRITES: [Write; 21] = [
     ("loop", "i0", "running", false, "active", None, None),
     (
         "loop",
@@ -715,6 +739,27 @@ const LIVENESS_WRITES: [Write; 17] = [
     ("ghost", "g2", "running", false, "active", None, None),
     ("calm", "c0", "running", false, "active", None, None),
     ("calm", "c0", "stopped", false, "active", Some(0), None),
+    // Errors open the breaker, then the worker crashes with it still open.
+    ("tripped", "t0", "running", false, "active", None, None),
+    (
+        "tripped",
+        "t0",
+        "crashed",
+        true,
+        "active",
+        None,
+        Some("Error: tripped"),
+    ),
+    (
+        "tripped",
+        "t0",
+        "crashed",
+        true,
+        "active",
+        Some(1),
+        Some("Error: tripped"),
+    ),
+    ("tripped", "t1", "running", false, "active", None, None),
 ];
 
 /// A fixed instance id for a tag of the scenario (the column is a uuid).
@@ -803,9 +848,200 @@ fn restarts_and_crashes_are_counted_alike_by_postgres_and_the_local_store() {
             "calm restarts=0 crashes=0 last_exit=-/-/- health=stopped",
             "ghost restarts=2 crashes=1 last_exit=vanished/-/ended without a final row (killed by SIGKILL or the OOM killer, or its host went down) health=running",
             "loop restarts=4 crashes=3 last_exit=crashed/2/Error: boom 3 health=flapping",
+            "tripped restarts=1 crashes=1 last_exit=crashed/1/Error: tripped health=running",
         ],
         "the scenario's expected counts"
     );
+}
+
+/// The same writes make the same history: the status trigger on PostgreSQL
+/// and `model/liveness.rs` on the local store record the same events.
+#[test]
+fn the_status_trigger_and_the_local_store_record_the_same_events() {
+    let Some(db) = migrated("events") else {
+        return;
+    };
+    let mut sql = String::new();
+    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
+        sql.push_str(&format!(
+            "insert into hp_worker_status (worker_name, instance_id, status, circuit_breaker_open, state, exit_code, last_error) values ('{name}', '{}', '{status}', {breaker}, '{state}', {}, {}) on conflict (worker_name) do update set instance_id = excluded.instance_id, status = excluded.status, circuit_breaker_open = excluded.circuit_breaker_open, state = excluded.state, exit_code = excluded.exit_code, last_error = excluded.last_error;\n",
+            instance(tag),
+            code.map_or("null".into(), |c| c.to_string()),
+            error.map_or("null".into(), |e| format!("'{e}'")),
+        ));
+    }
+    sql.push_str("select worker_name || ' ' || kind || ' ' || coalesce(from_state, '-') || ' ' || coalesce(to_state, '-') from hp_worker_events order by id;\n");
+    let postgres: Vec<String> = db
+        .sql(&sql)
+        .expect("writes")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("INSERT"))
+        .map(str::to_owned)
+        .collect();
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = heartbeat_sdk::sidecar::SqliteStore::new(dir.path().join("events.db"));
+    let template = serde_json::from_value::<heartbeat_sdk::WorkerRow>(sdk_rows().remove(0))
+        .expect("an SDK row");
+    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
+        let mut row = template.clone();
+        row.worker_name = name.into();
+        row.instance_id = instance(tag);
+        row.status = WorkerStatus::parse(Some(status));
+        row.circuit_breaker_open = breaker;
+        row.state = Some(state.into());
+        row.exit_code = code;
+        row.last_error = error.map(str::to_owned);
+        row.gap = None;
+        store.write(&row).expect("write");
+    }
+    let local: Vec<String> = store
+        .events(None, None)
+        .expect("events")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {} {}",
+                e.worker_name,
+                e.kind,
+                e.from_state.as_deref().unwrap_or("-"),
+                e.to_state.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(postgres, local, "the two stores' histories");
+    let loop_kinds: Vec<&str> = postgres
+        .iter()
+        .filter(|l| l.starts_with("loop "))
+        .map(|l| l.split(' ').nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        loop_kinds,
+        [
+            "started",
+            "crashed",
+            "started",
+            "crashed",
+            "started",
+            "crashed",
+            "started",
+            "crashed",
+            "started",
+            "breaker_opened"
+        ],
+        "a crash loop, each crash once, the breaker apart: {postgres:?}"
+    );
+    assert!(
+        postgres.contains(&"ghost vanished running -".to_owned())
+            && postgres.contains(&"ghost paused active paused".to_owned())
+            && postgres.contains(&"calm stopped running stopped".to_owned()),
+        "{postgres:?}"
+    );
+}
+
+/// A worker that went silent is recorded stale by the sweep, once, however
+/// many sweeps run at once; on PostgreSQL and on the local store.
+#[test]
+fn two_sweeps_at_once_record_a_silent_worker_stale_once() {
+    let Some(db) = migrated("sweep") else { return };
+    db.sql(
+        "insert into hp_worker_status (worker_name, instance_id, status) values ('silent', gen_random_uuid(), 'running'), ('busy', gen_random_uuid(), 'running');
+         set session_replication_role = replica;
+         update hp_worker_status set last_heartbeat = now() - interval '10 minutes' where worker_name = 'silent';",
+    )
+    .expect("rows");
+    std::thread::scope(|scope| {
+        let sweeps: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| db.sql("select count(*) from hp_sweep();")))
+            .collect();
+        for s in sweeps {
+            s.join().expect("sweep thread").expect("sweep");
+        }
+    });
+    assert_eq!(
+        db.sql("select string_agg(worker_name || ' ' || kind || ' ' || to_state, ',') from hp_worker_events where kind in ('stale', 'hung', 'recovered');")
+            .as_deref(),
+        Ok("silent stale stale"),
+        "recorded once"
+    );
+    db.sql("update hp_worker_status set status = 'running' where worker_name = 'silent';")
+        .expect("a beat");
+    db.sql("select count(*) from hp_sweep();").expect("sweep");
+    assert_eq!(
+        db.sql("select kind || ' ' || from_state || ' ' || to_state from hp_worker_events where kind = 'recovered';")
+            .as_deref(),
+        Ok("recovered stale running"),
+        "and back"
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("sweep.db");
+    let store = heartbeat_sdk::sidecar::SqliteStore::new(&path);
+    let mut row = serde_json::from_value::<heartbeat_sdk::WorkerRow>(sdk_rows().remove(0))
+        .expect("an SDK row");
+    row.worker_name = "silent".into();
+    row.status = WorkerStatus::Running;
+    store.write(&row).expect("write");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute(
+        "update hp_worker_status set last_heartbeat = ?1",
+        [(chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339()],
+    )
+    .expect("age it");
+    let sweeps: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                heartbeat_sdk::sidecar::SqliteStore::new(&path)
+                    .sweep(chrono::Duration::days(30))
+                    .map(|e| e.len())
+            })
+        })
+        .collect();
+    let recorded: usize = sweeps
+        .into_iter()
+        .map(|s| s.join().expect("thread").expect("sweep"))
+        .sum();
+    assert_eq!(recorded, 1, "four sweeps, one stale event");
+    let stale: Vec<_> = store
+        .events(None, Some("silent"))
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == "stale")
+        .collect();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+}
+
+/// The liveness and events migrations need only the first one: on a table
+/// without the control and runs migrations, a restart, a crash and a pause
+/// column's absence cost no write.
+#[test]
+fn liveness_and_events_apply_on_the_first_migration_alone() {
+    let Some(server) = pg::server() else { return };
+    let db = server.fresh_database("liveness_alone");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "sql/20261123000001_hp_worker_status.sql",
+        "sql/20261201000001_hp_liveness.sql",
+        "sql/20261201000002_hp_events.sql",
+    ] {
+        db.apply_file(&root.join(file)).expect(file);
+    }
+    let out = db
+        .sql(&format!(
+            "insert into hp_worker_status (worker_name, instance_id, status) values ('w', '{a}', 'running');
+             update hp_worker_status set status = 'crashed', exit_code = 1 where worker_name = 'w';
+             update hp_worker_status set instance_id = '{b}', status = 'running', exit_code = null where worker_name = 'w';
+             select restarts || ' ' || cardinality(recent_crashes) || ' ' || last_exit_status from hp_worker_status;
+             select string_agg(kind, ',' order by id) from hp_worker_events;
+             select count(*) from hp_sweep();",
+            a = instance("a0"),
+            b = instance("a1")
+        ))
+        .expect("a restart on the first migration and liveness alone");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert!(lines.contains(&"1 1 crashed"), "{out}");
+    assert!(lines.contains(&"started,crashed,started"), "{out}");
 }
 
 /// Every key the SDK serializes is a column, of a type PostgREST converts to

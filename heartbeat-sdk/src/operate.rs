@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use crate::config::target::StoreSettings;
 use crate::model::control::{AuditEntry, ControlAnswer, ControlError, ControlRequest, PoolBudget};
 use crate::model::error::ConfigError;
+use crate::model::event::WorkerEvent;
 use crate::transport::Store;
 
 /// Steers workers through the store `settings` point to.
@@ -332,6 +333,84 @@ impl Operator {
                         return Ok(all);
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Operator {
+    /// What happened (`hp_worker_events`) since `since`, about `worker` when
+    /// given, oldest first; past Supabase's 1,000-row cap, by id.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be read.
+    pub async fn events(
+        &self,
+        since: Option<DateTime<Utc>>,
+        worker: Option<&str>,
+    ) -> Result<Vec<WorkerEvent>, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let (store, worker) = (store.clone(), worker.map(str::to_owned));
+                blocking(move || {
+                    store
+                        .events(since, worker.as_deref())
+                        .map_err(|e| ControlError::Store(e.to_string()))
+                })
+                .await
+            }
+            Store::Supabase(client) => {
+                let mut all: Vec<WorkerEvent> = Vec::new();
+                loop {
+                    let mut query = vec![
+                        ("select", "*".to_owned()),
+                        ("order", "id.asc".to_owned()),
+                        ("limit", "1000".to_owned()),
+                    ];
+                    if let Some(t) = since {
+                        query.push(("at", format!("gte.{}", t.to_rfc3339())));
+                    }
+                    if let Some(w) = worker {
+                        query.push(("worker_name", format!("eq.{w}")));
+                    }
+                    let last = all.last().map(|e| e.id);
+                    if let Some(id) = last {
+                        query.push(("id", format!("gt.{id}")));
+                    }
+                    let page: Vec<WorkerEvent> = client
+                        .select_table("hp_worker_events", &query)
+                        .await
+                        .map_err(|e| ControlError::Store(e.to_string()))?;
+                    let before = all.len();
+                    all.extend(page.into_iter().filter(|e| last.is_none_or(|l| e.id > l)));
+                    if all.len() == before {
+                        return Ok(all);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `hp_sweep()`: records the workers that went stale or hung (or came
+    /// back) since the last sweep, once each however many sweep at once, and
+    /// drops events older than `retain`. Returns what it recorded.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be written.
+    pub async fn sweep(&self, retain: chrono::Duration) -> Result<Vec<WorkerEvent>, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let store = store.clone();
+                blocking(move || {
+                    store
+                        .sweep(retain)
+                        .map_err(|e| ControlError::Store(e.to_string()))
+                })
+                .await
+            }
+            Store::Supabase(client) => {
+                let arguments = json!({ "retain": format!("{} seconds", retain.num_seconds()) });
+                client.rpc("hp_sweep", &arguments).await
             }
         }
     }

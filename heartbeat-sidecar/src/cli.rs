@@ -79,6 +79,10 @@ pub enum Command {
     /// The audit log: who asked what, when, and how it ended.
     #[command(after_help = KEY_HELP)]
     Audit(AuditArgs),
+    /// What happened to the workers: started, stopped, crashed, stale, hung,
+    /// paused, reporting gaps... (hp_worker_events; the sweep runs first).
+    #[command(after_help = KEY_HELP)]
+    Events(EventsArgs),
 }
 
 const STEER_HELP: &str = "Every request goes through hp_control() (or the same rule in the local store), which \
@@ -256,6 +260,21 @@ pub struct AuditArgs {
     /// Only the rows about this worker.
     #[arg(long, value_name = "NAME")]
     pub worker: Option<String>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this worker's events.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// How far back (e.g. 1h, 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub since: std::time::Duration,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,

@@ -3,6 +3,7 @@
 
 mod check;
 mod cli;
+mod events;
 mod exit;
 mod fleet;
 mod group;
@@ -56,6 +57,7 @@ fn main() {
             cli::Command::Pool(command) => operate::pool(command).await,
             cli::Command::Rollout(command) => operate::rollout(command).await,
             cli::Command::Audit(args) => operate::audit(args).await,
+            cli::Command::Events(args) => events::events(args).await,
             cli::Command::Check(args) => check::check(args).await,
             cli::Command::Status(args) => status::status(args).await,
         }

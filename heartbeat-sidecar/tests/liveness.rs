@@ -163,3 +163,85 @@ fn four_crashes_in_a_few_seconds_then_a_start_read_flapping_with_four_restarts()
         "{text}"
     );
 }
+
+#[test]
+fn events_lists_what_happened_and_the_sweep_adds_a_worker_gone_silent() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("events.db");
+    let out = sidecar()
+        .env("HP_STORE", &db)
+        .env("HP_LOG", "warn")
+        .args([
+            "run",
+            "--name",
+            "flaky",
+            "--",
+            "sh",
+            "-c",
+            "echo 'Error: disk full' >&2; exit 3",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    // A worker that beat and then went silent: its row made to say running,
+    // ten minutes ago, as if it had been killed -9 then.
+    let out = sidecar()
+        .env("HP_STORE", &db)
+        .env("HP_LOG", "warn")
+        .args(["run", "--name", "silent", "--", "true"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute(
+        "update hp_worker_status set status = 'running', last_heartbeat = ?1 where worker_name = 'silent'",
+        [(chrono::Utc::now() - chrono::Duration::minutes(10)).to_rfc3339()],
+    )
+    .expect("age it");
+
+    let out = sidecar()
+        .env("HP_STORE", &db)
+        .args(["events", "--since", "1h"])
+        .output()
+        .expect("events");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (worker, kind) in [
+        ("flaky", "started"),
+        ("flaky", "crashed"),
+        ("silent", "stale"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(worker) && l.contains(kind)),
+            "{worker} {kind} missing:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("exit code 3") && text.contains("Error: disk full"),
+        "{text}"
+    );
+    let json = sidecar()
+        .env("HP_STORE", &db)
+        .args(["events", "flaky", "--json"])
+        .output()
+        .expect("events --json");
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).expect("json");
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["started", "crashed"], "only flaky's, once each");
+    // Another sweep records nothing new.
+    let again = sidecar()
+        .env("HP_STORE", &db)
+        .args(["events", "silent", "--json"])
+        .output()
+        .expect("events");
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&again.stdout).expect("json");
+    assert_eq!(
+        events.iter().filter(|e| e["kind"] == "stale").count(),
+        1,
+        "{events:?}"
+    );
+}

@@ -26,6 +26,34 @@ pub(crate) struct Previous {
     pub restarts: i64,
     pub recent_crashes: Vec<DateTime<Utc>>,
     pub ended: Ended,
+    pub breaker_open: bool,
+    pub gap_ended_at: Option<DateTime<Utc>>,
+}
+
+/// What a write says of the worker, for [`events`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Incoming<'a> {
+    pub instance_id: &'a str,
+    pub status: &'a str,
+    pub breaker_open: bool,
+    /// `None`: not sent (the row keeps its state).
+    pub state: Option<&'a str>,
+    pub pid: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub last_error: Option<&'a str>,
+    pub consecutive_errors: u64,
+    /// The reporting gap the write carries, if any.
+    pub gap: Option<crate::model::row::GapReport>,
+}
+
+/// One entry of `hp_worker_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Event {
+    pub kind: &'static str,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub detail: serde_json::Value,
 }
 
 /// How the previous instance ended, as the row keeps it.
@@ -103,6 +131,13 @@ pub(crate) fn carry(
                 crashes.push(at);
             }
         }
+        // It ended crashed with its breaker open (its final row kept the
+        // breaker): a crash the final row could not say.
+        if old.status.as_deref() == Some("crashed") && old.breaker_open {
+            if let Some(at) = old.updated_at {
+                crashes.push(at);
+            }
+        }
     }
     if final_crash && (old.status.as_deref() != Some("crashed") || new_instance) {
         crashes.push(now);
@@ -110,6 +145,103 @@ pub(crate) fn carry(
     let from = crashes.len().saturating_sub(CRASHES_KEPT);
     carried.recent_crashes = crashes.split_off(from);
     carried
+}
+
+/// What a write records in `hp_worker_events`: the status trigger
+/// `hp_worker_status_events` in `sql/20261201000002_hp_events.sql`, the
+/// same rule. `restarts` is the count after the write.
+pub(crate) fn events(old: Option<&Previous>, new: &Incoming, restarts: i64) -> Vec<Event> {
+    use serde_json::json;
+    let mut out = Vec::new();
+    let mut push = |kind, from: Option<&str>, to: Option<&str>, detail| {
+        out.push(Event {
+            kind,
+            from: from.map(str::to_owned),
+            to: to.map(str::to_owned),
+            detail,
+        })
+    };
+    let new_instance = old.is_none_or(|o| o.instance_id.as_deref() != Some(new.instance_id));
+    let old_status = old.and_then(|o| o.status.as_deref());
+    if let Some(o) = old.filter(|_| new_instance) {
+        if old_status == Some("running") && o.state.as_deref().unwrap_or("active") == "active" {
+            push(
+                "vanished",
+                Some("running"),
+                None,
+                json!({"instance_id": o.instance_id, "last_heartbeat": o.last_heartbeat}),
+            );
+        }
+    }
+    if new_instance && new.status != "unknown" {
+        push(
+            "started",
+            old_status,
+            Some(new.status),
+            json!({"instance_id": new.instance_id, "pid": new.pid, "restarts": restarts}),
+        );
+    }
+    let ended = matches!(new.status, "stopped" | "crashed");
+    let breaker_crash = new.status == "crashed" && new.breaker_open;
+    if ended && (old_status != Some(new.status) || new_instance) && !breaker_crash {
+        let mut detail = serde_json::Map::new();
+        if let Some(c) = new.exit_code {
+            detail.insert("exit_code".into(), json!(c));
+        }
+        if let Some(s) = new.exit_signal {
+            detail.insert("exit_signal".into(), json!(s));
+        }
+        if let Some(e) = new.last_error {
+            detail.insert("error".into(), json!(e));
+        }
+        let kind = if new.status == "crashed" {
+            "crashed"
+        } else {
+            "stopped"
+        };
+        push(kind, old_status, Some(new.status), detail.into());
+    }
+    let was_open = old.is_some_and(|o| o.breaker_open);
+    if new.breaker_open != was_open {
+        let mut detail = serde_json::Map::new();
+        detail.insert("consecutive_errors".into(), json!(new.consecutive_errors));
+        if let Some(e) = new.last_error {
+            detail.insert("error".into(), json!(e));
+        }
+        let kind = if new.breaker_open {
+            "breaker_opened"
+        } else {
+            "breaker_closed"
+        };
+        push(kind, None, None, detail.into());
+    }
+    if let (Some(o), Some(to)) = (old, new.state) {
+        let from = o.state.as_deref();
+        if from != Some(to) {
+            let kind = match (from, to) {
+                (_, "paused") => Some("paused"),
+                (_, "draining") => Some("drained"),
+                (_, "restarting") => Some("restarted"),
+                (Some("paused"), "active") => Some("resumed"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                push(kind, from, Some(to), json!({}));
+            }
+        }
+    }
+    if let (Some(o), Some(gap)) = (old, new.gap) {
+        let (missed, began, ended_at) = (gap.missed_beats, gap.gap_started_at, gap.gap_ended_at);
+        if missed > 0 && ended_at.is_some() && ended_at != o.gap_ended_at {
+            push(
+                "reporting_gap",
+                None,
+                None,
+                json!({"missed_beats": missed, "gap_started_at": began, "gap_ended_at": ended_at}),
+            );
+        }
+    }
+    out
 }
 
 /// What `last_exit_error` says of an instance that ended without a final row.
@@ -228,6 +360,46 @@ mod tests {
         let resumed = carry(Some(&paused), "i2", "running", false, at(9));
         assert_eq!(resumed.restarts, 2);
         assert_eq!(resumed.recent_crashes, vec![at(0)], "a resume is no crash");
+    }
+
+    #[test]
+    fn a_reporting_gap_is_one_event_and_the_same_gap_again_none() {
+        let start = carry(None, "i0", "running", false, at(0));
+        let mut old = previous("i0", "running", &start);
+        let gap = crate::model::row::GapReport {
+            missed_beats: 20,
+            gap_started_at: Some(at(10)),
+            gap_ended_at: Some(at(30)),
+        };
+        let beat = |gap| Incoming {
+            instance_id: "i0",
+            status: "running",
+            gap,
+            ..Incoming::default()
+        };
+        let kinds = |e: Vec<Event>| e.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(events(Some(&old), &beat(Some(gap)), 0)),
+            ["reporting_gap"]
+        );
+        old.gap_ended_at = gap.gap_ended_at;
+        assert!(
+            events(Some(&old), &beat(Some(gap)), 0).is_empty(),
+            "the same gap"
+        );
+        assert!(
+            events(Some(&old), &beat(None), 0).is_empty(),
+            "a beat after it"
+        );
+        let cleared = crate::model::row::GapReport {
+            missed_beats: 0,
+            gap_started_at: None,
+            gap_ended_at: None,
+        };
+        assert!(
+            events(Some(&old), &beat(Some(cleared)), 0).is_empty(),
+            "a cleared gap"
+        );
     }
 
     #[test]

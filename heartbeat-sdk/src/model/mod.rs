@@ -5,6 +5,7 @@ pub(crate) mod clock;
 pub(crate) mod control;
 pub(crate) mod desired;
 pub(crate) mod error;
+pub(crate) mod event;
 pub(crate) mod health;
 pub(crate) mod key;
 pub(crate) mod liveness;

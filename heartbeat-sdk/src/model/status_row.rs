@@ -224,9 +224,14 @@ impl StatusRow {
             }
             _ => false,
         };
+        // The watchdog is for a worker meant to be working: not one paused
+        // or draining, nor one between runs.
+        let state = self.extra.get("state").and_then(|s| s.as_str());
+        let working = state.unwrap_or("active") == "active"
+            && self.run_state.as_deref().unwrap_or("running") == "running";
         (self.run_state.as_deref() == Some("running")
             && past(self.run_started_at, self.max_run_seconds))
-            || past(self.last_progress_at, self.watchdog_seconds)
+            || (working && past(self.last_progress_at, self.watchdog_seconds))
     }
 
     /// Unhealthy for monitoring: stale, crashed, or the breaker open.

@@ -391,6 +391,54 @@ impl SqliteStore {
         .map_err(read)
     }
 
+    /// What happened (`hp_worker_events`) since `since`, about `worker` when
+    /// given, oldest first. A store older than the events is empty.
+    ///
+    /// # Errors
+    /// [`ReadError::Store`] when the file is missing or not a store.
+    pub fn events(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        worker: Option<&str>,
+    ) -> Result<Vec<crate::model::event::WorkerEvent>, ReadError> {
+        let read = |e: rusqlite::Error| ReadError::Store(explain(&self.path, &e));
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(read)?;
+        conn.busy_timeout(Duration::from_secs(2)).map_err(read)?;
+        let exists: bool = conn
+            .query_row(
+                "select count(*) > 0 from sqlite_master where name = 'hp_worker_events'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(read)?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        crate::transport::sqlite_liveness::read_events(&conn, since, worker).map_err(read)
+    }
+
+    /// `hp_sweep()`: records stale, hung and recovered workers once per
+    /// transition, drops events older than `retain`; returns what it recorded.
+    ///
+    /// # Errors
+    /// [`SendError::Store`] saying what is wrong with the file and the fix.
+    pub fn sweep(
+        &self,
+        retain: chrono::Duration,
+    ) -> Result<Vec<crate::model::event::WorkerEvent>, SendError> {
+        // No store yet: nothing to sweep, and a read must not make one.
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        self.with_connection(|conn| {
+            crate::transport::sqlite_liveness::sweep(conn, now_micros(), retain)
+        })
+    }
+
     fn read(&self, worker: Option<&str>) -> Result<Vec<StatusRow>, ReadError> {
         let read = |e: rusqlite::Error| ReadError::Store(explain(&self.path, &e));
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -530,6 +578,7 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     conn.execute_batch(crate::transport::sqlite_control::SCHEMA)?;
+    conn.execute_batch(crate::transport::sqlite_liveness::SCHEMA)?;
     conn.execute_batch(crate::transport::sqlite_rollout::SCHEMA)
 }
 
@@ -551,7 +600,8 @@ fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
     // Read and written in one transaction: the store's count of restarts
     // and crashes cannot miss a write made between the two.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for (column, value) in crate::transport::sqlite_liveness::columns_for(&tx, row, at)? {
+    let liveness = crate::transport::sqlite_liveness::apply(&tx, row, at)?;
+    for (column, value) in liveness.columns {
         columns.push(column);
         values.push(value);
     }
@@ -578,6 +628,7 @@ fn upsert(conn: &mut Connection, row: &WorkerRow) -> rusqlite::Result<()> {
         updates.join(", ")
     );
     tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
+    crate::transport::sqlite_liveness::record(&tx, &row.worker_name, at, &liveness.events)?;
     tx.commit()
 }
 
@@ -594,7 +645,10 @@ fn to_sql(v: &Value) -> SqlValue {
     }
 }
 
-fn read_rows(conn: &Connection, worker: Option<&str>) -> rusqlite::Result<Vec<StatusRow>> {
+pub(crate) fn read_rows(
+    conn: &Connection,
+    worker: Option<&str>,
+) -> rusqlite::Result<Vec<StatusRow>> {
     let sql = match worker {
         Some(_) => "select * from hp_worker_status where worker_name = ?1",
         None => "select * from hp_worker_status order by worker_name",

@@ -1,12 +1,14 @@
 //! The local store's part of liveness: before each write it reads the old
 //! row and applies [`carry`] (restarts, the last crashes, how the previous
-//! instance ended), as PostgreSQL's trigger does on Supabase.
+//! instance ended) and [`events`] (what happened, into `hp_worker_events`),
+//! as PostgreSQL's triggers do on Supabase; and `hp_sweep()`'s twin.
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::model::liveness::{carry, Carried, Ended, Previous};
+use crate::model::event::WorkerEvent;
+use crate::model::liveness::{carry, events, Carried, Ended, Event, Incoming, Previous};
 use crate::model::row::WorkerRow;
 use crate::transport::sqlite_control::{parse_time, stamp};
 
@@ -32,7 +34,7 @@ fn previous(conn: &Connection, worker: &str) -> rusqlite::Result<Option<Previous
     conn.query_row(
         "select instance_id, status, state, updated_at, last_heartbeat, exit_code, exit_signal,
                 last_error, restarts, recent_crashes, last_exit_at, last_exit_status,
-                last_exit_code, last_exit_signal, last_exit_error
+                last_exit_code, last_exit_signal, last_exit_error, circuit_breaker_open, gap_ended_at
          from hp_worker_status where worker_name = ?1",
         [worker],
         |r| {
@@ -57,18 +59,27 @@ fn previous(conn: &Connection, worker: &str) -> rusqlite::Result<Option<Previous
                     signal: r.get(13)?,
                     error: r.get(14)?,
                 },
+                breaker_open: r.get::<_, Option<i64>>(15)?.unwrap_or(0) != 0,
+                gap_ended_at: parse_time(r.get(16)?),
             })
         },
     )
     .optional()
 }
 
-/// The store's liveness columns for `row`, written at `now`.
-pub(crate) fn columns_for(
+/// What the store adds to a write of `row` at `now`: its own columns, and
+/// the events to record once the row is written.
+pub(crate) struct Liveness {
+    pub columns: Vec<(&'static str, SqlValue)>,
+    pub events: Vec<Event>,
+}
+
+/// The store's liveness columns and events for `row`, written at `now`.
+pub(crate) fn apply(
     conn: &Connection,
     row: &WorkerRow,
     now: DateTime<Utc>,
-) -> rusqlite::Result<Vec<(&'static str, SqlValue)>> {
+) -> rusqlite::Result<Liveness> {
     let old = previous(conn, &row.worker_name)?;
     let Carried {
         restarts,
@@ -81,19 +92,169 @@ pub(crate) fn columns_for(
         row.circuit_breaker_open,
         now,
     );
+    let incoming = Incoming {
+        instance_id: &row.instance_id,
+        status: row.status.as_str(),
+        breaker_open: row.circuit_breaker_open,
+        state: row.state.as_deref(),
+        pid: row.pid,
+        exit_code: row.exit_code,
+        exit_signal: row.exit_signal,
+        last_error: row.last_error.as_deref(),
+        consecutive_errors: row.consecutive_errors,
+        gap: row.gap,
+    };
+    let events = events(old.as_ref(), &incoming, restarts);
     let text = |v: Option<String>| v.map_or(SqlValue::Null, SqlValue::Text);
     let int = |v: Option<i64>| v.map_or(SqlValue::Null, SqlValue::Integer);
     let crashes: Vec<String> = recent_crashes.into_iter().map(stamp).collect();
-    Ok(vec![
-        ("restarts", SqlValue::Integer(restarts)),
-        (
-            "recent_crashes",
-            text((!crashes.is_empty()).then(|| serde_json::json!(crashes).to_string())),
-        ),
-        ("last_exit_at", text(ended.at.map(stamp))),
-        ("last_exit_status", text(ended.status)),
-        ("last_exit_code", int(ended.code)),
-        ("last_exit_signal", int(ended.signal)),
-        ("last_exit_error", text(ended.error)),
-    ])
+    Ok(Liveness {
+        columns: vec![
+            ("restarts", SqlValue::Integer(restarts)),
+            (
+                "recent_crashes",
+                text((!crashes.is_empty()).then(|| serde_json::json!(crashes).to_string())),
+            ),
+            ("last_exit_at", text(ended.at.map(stamp))),
+            ("last_exit_status", text(ended.status)),
+            ("last_exit_code", int(ended.code)),
+            ("last_exit_signal", int(ended.signal)),
+            ("last_exit_error", text(ended.error)),
+        ],
+        events,
+    })
+}
+
+/// The events table and the sweep's state, as `sql/20261201000002_hp_events.sql`.
+pub(crate) const SCHEMA: &str = "
+create table if not exists hp_worker_events (
+  id integer primary key autoincrement,
+  at text not null,
+  worker_name text not null,
+  kind text not null,
+  from_state text,
+  to_state text,
+  detail text not null default '{}' check (json_valid(detail))
+);
+create index if not exists hp_worker_events_worker_at on hp_worker_events (worker_name, at);
+create index if not exists hp_worker_events_at on hp_worker_events (at);
+create table if not exists hp_sweep_state (
+  worker_name text primary key,
+  health text not null,
+  since text not null
+);";
+
+/// Records `events` for `worker` at `now`.
+pub(crate) fn record(
+    conn: &Connection,
+    worker: &str,
+    now: DateTime<Utc>,
+    events: &[Event],
+) -> rusqlite::Result<()> {
+    for e in events {
+        conn.execute(
+            "insert into hp_worker_events (at, worker_name, kind, from_state, to_state, detail) values (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![stamp(now), worker, e.kind, e.from, e.to, e.detail.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// `hp_sweep()` on the local store: the health no write says (stale, hung,
+/// and back to running), once per transition, and the retention. Runs in
+/// one IMMEDIATE transaction, so two sweeps at once record each once.
+pub(crate) fn sweep(
+    conn: &mut Connection,
+    now: DateTime<Utc>,
+    retain: chrono::Duration,
+) -> rusqlite::Result<Vec<WorkerEvent>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute(
+        "delete from hp_worker_events where at < ?1",
+        [stamp(now - retain)],
+    )?;
+    let rows = crate::transport::sqlite::read_rows(&tx, None)?;
+    let first = tx.query_row(
+        "select coalesce(max(id), 0) from hp_worker_events",
+        [],
+        |r| r.get::<_, i64>(0),
+    )?;
+    for row in &rows {
+        let health = row.health(now).as_str();
+        let swept: Option<String> = tx
+            .query_row(
+                "select health from hp_sweep_state where worker_name = ?1",
+                [&row.worker_name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if swept.as_deref() == Some(health) {
+            continue;
+        }
+        tx.execute(
+            "insert into hp_sweep_state (worker_name, health, since) values (?1, ?2, ?3)
+             on conflict (worker_name) do update set health = excluded.health, since = excluded.since",
+            rusqlite::params![row.worker_name, health, stamp(now)],
+        )?;
+        let was: Option<String> = tx
+            .query_row(
+                "select to_state from hp_worker_events where worker_name = ?1 and kind in ('stale', 'hung', 'recovered') order by id desc limit 1",
+                [&row.worker_name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let kind = match health {
+            "stale" | "hung" => Some(if health == "stale" { "stale" } else { "hung" }),
+            "running" if matches!(was.as_deref(), Some("stale" | "hung")) => Some("recovered"),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            record(
+                &tx,
+                &row.worker_name,
+                now,
+                &[Event {
+                    kind,
+                    from: was,
+                    to: Some(health.to_owned()),
+                    detail: serde_json::json!({}),
+                }],
+            )?;
+        }
+    }
+    tx.execute(
+        "delete from hp_sweep_state where worker_name not in (select worker_name from hp_worker_status)",
+        [],
+    )?;
+    let recorded = read_events(&tx, None, None)?
+        .into_iter()
+        .filter(|e| e.id > first)
+        .collect();
+    tx.commit()?;
+    Ok(recorded)
+}
+
+/// The events since `since`, about `worker` when given, oldest first.
+pub(crate) fn read_events(
+    conn: &Connection,
+    since: Option<DateTime<Utc>>,
+    worker: Option<&str>,
+) -> rusqlite::Result<Vec<WorkerEvent>> {
+    let mut statement = conn.prepare(
+        "select id, at, worker_name, kind, from_state, to_state, detail from hp_worker_events
+         where (?1 is null or at >= ?1) and (?2 is null or worker_name = ?2) order by id",
+    )?;
+    let rows = statement.query_map(rusqlite::params![since.map(stamp), worker], |r| {
+        let detail: String = r.get(6)?;
+        Ok(WorkerEvent {
+            id: r.get(0)?,
+            at: parse_time(r.get(1)?).unwrap_or_default(),
+            worker_name: r.get(2)?,
+            kind: r.get(3)?,
+            from_state: r.get(4)?,
+            to_state: r.get(5)?,
+            detail: serde_json::from_str(&detail).unwrap_or_default(),
+        })
+    })?;
+    rows.collect()
 }

@@ -1,0 +1,98 @@
+//! `heartbeat-sidecar events [NAME]`: what happened to the workers, from
+//! `hp_worker_events`. The sweep runs first, so a worker that went silent
+//! shows as stale or hung without a watcher.
+
+use chrono::Utc;
+use heartbeat_sdk::WorkerEvent;
+
+use crate::cli::EventsArgs;
+use crate::exit::{Exit, USAGE};
+
+/// Events older than this are dropped by the sweep.
+pub const RETAIN_DAYS: i64 = 30;
+
+pub async fn events(args: EventsArgs) -> Exit {
+    let (_, operator) = match crate::fleet::open(&args.store) {
+        Ok(both) => both,
+        Err(e) => {
+            eprintln!("heartbeat-sidecar: {e}");
+            return Exit::Code(USAGE);
+        }
+    };
+    if let Err(e) = operator.sweep(chrono::Duration::days(RETAIN_DAYS)).await {
+        // Reading still works; only what no write says may be missing.
+        eprintln!("heartbeat-sidecar: the sweep did not run ({e}): stale and hung workers since the last sweep are not listed");
+    }
+    let since = chrono::Duration::from_std(args.since)
+        .ok()
+        .and_then(|d| Utc::now().checked_sub_signed(d));
+    let events = match operator.events(since, args.name.as_deref()).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("heartbeat-sidecar: cannot read the events: {e} (apply sql/20261201000002_hp_events.sql on Supabase)");
+            return Exit::Code(USAGE);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&events).unwrap_or_default()
+        );
+        return Exit::Code(0);
+    }
+    if events.is_empty() {
+        println!("Nothing happened in that time.");
+        return Exit::Code(0);
+    }
+    let width = events
+        .iter()
+        .map(|e| e.worker_name.chars().count())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "{:<19}  {:<width$}  {:<14}  DETAIL",
+        "AT", "WORKER", "EVENT"
+    );
+    for e in &events {
+        let line = format!(
+            "{:<19}  {:<width$}  {:<14}  {}",
+            e.at.with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M:%S"),
+            e.worker_name,
+            e.kind,
+            detail(e)
+        );
+        println!("{}", line.trim_end());
+    }
+    Exit::Code(0)
+}
+
+/// "exit code 1: Error: boom", "24 beats not delivered", "running -> stale".
+fn detail(e: &WorkerEvent) -> String {
+    let d = &e.detail;
+    let mut parts = Vec::new();
+    if let (Some(from), Some(to)) = (&e.from_state, &e.to_state) {
+        parts.push(format!("{from} -> {to}"));
+    }
+    if let Some(c) = d.get("exit_code").and_then(|v| v.as_i64()) {
+        parts.push(format!("exit code {c}"));
+    }
+    if let Some(s) = d.get("exit_signal").and_then(|v| v.as_i64()) {
+        parts.push(format!("signal {s}"));
+    }
+    if let Some(n) = d.get("missed_beats").and_then(|v| v.as_i64()) {
+        parts.push(format!("{n} beats not delivered"));
+    }
+    if let Some(n) = d
+        .get("restarts")
+        .and_then(|v| v.as_i64())
+        .filter(|&n| n > 0)
+    {
+        parts.push(format!("restart {n}"));
+    }
+    if let Some(error) = d.get("error").and_then(|v| v.as_str()) {
+        parts.push(error.lines().last().unwrap_or(error).to_owned());
+    }
+    parts.join(", ")
+}
