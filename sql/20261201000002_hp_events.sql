@@ -4,7 +4,8 @@
 -- resumed, drained, restarted and reporting gaps as the rows change;
 -- hp_sweep() records what no write says (a worker that went stale or hung,
 -- and its recovery), once per transition however many sweeps run at once,
--- and applies the retention. See docs/status.md ("What happened").
+-- and applies the retention; hp_prune() removes workers gone for days. See
+-- docs/status.md ("What happened").
 --
 -- Needs 20261201000001_hp_liveness.sql. Idempotent like it.
 
@@ -173,3 +174,50 @@ $$;
 
 revoke all on function public.hp_sweep(interval) from public, anon, authenticated;
 grant execute on function public.hp_sweep(interval) to service_role;
+
+-- Ghosts: workers not seen for `gone_for` (renamed, scaled down, a host gone)
+-- are removed with their control row and swept health, each recorded as a
+-- `pruned` event. A pruned worker that comes back simply reappears. With
+-- `dry_run` it only says which. Returns the workers and when they were last seen.
+create or replace function public.hp_prune(gone_for interval, dry_run boolean default false)
+returns table (worker_name text, last_seen timestamptz, status text)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  gone text[];
+begin
+  if gone_for < interval '1 hour' then
+    raise exception 'hp_prune: gone_for % is under an hour: a worker that beats slowly would be removed', gone_for
+      using errcode = '22023', hint = 'prune workers gone for days, e.g. interval ''7 days''';
+  end if;
+  select coalesce(array_agg(w.worker_name order by w.worker_name), '{}') into gone
+  from public.hp_worker_status w
+  where coalesce(w.last_heartbeat, w.updated_at) < pg_catalog.now() - gone_for;
+  return query
+    select w.worker_name, coalesce(w.last_heartbeat, w.updated_at), w.status
+    from public.hp_worker_status w
+    where w.worker_name = any(gone)
+    order by w.worker_name;
+  if dry_run then
+    return;
+  end if;
+  insert into public.hp_worker_events (worker_name, kind, from_state, to_state, detail)
+  select w.worker_name, 'pruned', w.status, null,
+         jsonb_build_object('last_seen', coalesce(w.last_heartbeat, w.updated_at), 'gone_for', gone_for::text)
+  from public.hp_worker_status w
+  where w.worker_name = any(gone);
+  if to_regclass('public.hp_worker_control') is not null then
+    execute 'delete from public.hp_worker_control where worker_name = any($1)' using gone;
+  end if;
+  delete from public.hp_sweep_state s where s.worker_name = any(gone);
+  -- Checked again: one that beat meanwhile stays.
+  delete from public.hp_worker_status w
+  where w.worker_name = any(gone)
+    and coalesce(w.last_heartbeat, w.updated_at) < pg_catalog.now() - gone_for;
+end
+$$;
+
+revoke all on function public.hp_prune(interval, boolean) from public, anon, authenticated;
+grant execute on function public.hp_prune(interval, boolean) to service_role;

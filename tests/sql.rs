@@ -1044,6 +1044,73 @@ fn liveness_and_events_apply_on_the_first_migration_alone() {
     assert!(lines.contains(&"started,crashed,started"), "{out}");
 }
 
+/// `hp_prune()`: a dry run says which; a run removes them with their control
+/// rows, records each, and a pruned worker that comes back reappears.
+#[test]
+fn prune_removes_ghosts_with_their_control_rows_and_they_may_come_back() {
+    let Some(db) = migrated("prune") else { return };
+    db.sql(&format!(
+        "insert into hp_worker_status (worker_name, instance_id, status) values ('ghost', '{}', 'stopped'), ('alive', '{}', 'running');
+         insert into hp_worker_control (worker_name, desired) values ('ghost', 'paused');
+         set session_replication_role = replica;
+         update hp_worker_status set last_heartbeat = now() - interval '8 days', updated_at = now() - interval '8 days' where worker_name = 'ghost';",
+        instance("g0"),
+        instance("a0")
+    ))
+    .expect("rows");
+    assert_eq!(
+        db.sql("select string_agg(worker_name || ' ' || status, ',') from hp_prune(interval '7 days', true);")
+            .as_deref(),
+        Ok("ghost stopped"),
+        "the dry run says which"
+    );
+    assert_eq!(
+        db.sql("select count(*) from hp_worker_status;").as_deref(),
+        Ok("2")
+    );
+    assert_eq!(
+        db.sql("select string_agg(worker_name, ',') from hp_prune(interval '7 days');")
+            .as_deref(),
+        Ok("ghost")
+    );
+    assert_eq!(
+        db.sql("select string_agg(worker_name, ',') from hp_worker_status;")
+            .as_deref(),
+        Ok("alive")
+    );
+    assert_eq!(
+        db.sql("select count(*) from hp_worker_control where worker_name = 'ghost';")
+            .as_deref(),
+        Ok("0"),
+        "its control row went with it"
+    );
+    assert_eq!(
+        db.sql("select kind || ' ' || from_state from hp_worker_events where worker_name = 'ghost' and kind = 'pruned';")
+            .as_deref(),
+        Ok("pruned stopped")
+    );
+    db.sql(&format!(
+        "insert into hp_worker_status (worker_name, instance_id, status) values ('ghost', '{}', 'running');",
+        instance("g1")
+    ))
+    .expect("it comes back");
+    assert_eq!(
+        db.sql(
+            "select status || ' ' || restarts from hp_worker_status where worker_name = 'ghost';"
+        )
+        .as_deref(),
+        Ok("running 0"),
+        "a new row, as a new worker's"
+    );
+    let short = db
+        .sql("select * from hp_prune(interval '10 minutes');")
+        .expect_err("under an hour");
+    assert!(
+        short.contains("22023") && short.contains("under an hour"),
+        "{short}"
+    );
+}
+
 /// Every key the SDK serializes is a column, of a type PostgREST converts to
 /// with json_to_recordset, and reads back as sent.
 #[test]

@@ -94,7 +94,7 @@ pub use config::builder::HeartbeatBuilder;
 pub use config::target::StoreSettings;
 pub use handle::{CheckError, Checked, Heartbeat};
 pub use model::error::{ConfigError, ReadError, SendError};
-pub use model::event::WorkerEvent;
+pub use model::event::{Pruned, WorkerEvent};
 pub use model::health::Health;
 pub use model::row::{WorkerRow, WorkerStatus};
 pub use model::status_row::StatusRow;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::config::target::StoreSettings;
 use crate::model::control::{AuditEntry, ControlAnswer, ControlError, ControlRequest, PoolBudget};
 use crate::model::error::ConfigError;
-use crate::model::event::WorkerEvent;
+use crate::model::event::{Pruned, WorkerEvent};
 use crate::transport::Store;
 
 /// Steers workers through the store `settings` point to.
@@ -411,6 +411,50 @@ impl Operator {
             Store::Supabase(client) => {
                 let arguments = json!({ "retain": format!("{} seconds", retain.num_seconds()) });
                 client.rpc("hp_sweep", &arguments).await
+            }
+        }
+    }
+}
+
+impl Operator {
+    /// `hp_prune()`: removes the workers not seen for `gone_for` (at least
+    /// an hour), their control rows with them, each recorded as a `pruned`
+    /// event; with `dry_run` only says which. A pruned worker that comes
+    /// back simply reappears.
+    ///
+    /// # Errors
+    /// [`ControlError::Invalid`] for less than an hour; else when the store
+    /// cannot be written.
+    pub async fn prune(
+        &self,
+        gone_for: chrono::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<Pruned>, ControlError> {
+        if gone_for < chrono::Duration::hours(1) {
+            return Err(ControlError::Invalid {
+                code: "22023".into(),
+                message: format!(
+                    "gone for {} s is under an hour: a worker that beats slowly would be removed (prune workers gone for days, e.g. --gone-for 7d)",
+                    gone_for.num_seconds()
+                ),
+            });
+        }
+        match &self.store {
+            Store::Local(store) => {
+                let store = store.clone();
+                blocking(move || {
+                    store
+                        .prune(gone_for, dry_run)
+                        .map_err(|e| ControlError::Store(e.to_string()))
+                })
+                .await
+            }
+            Store::Supabase(client) => {
+                let arguments = json!({
+                    "gone_for": format!("{} seconds", gone_for.num_seconds()),
+                    "dry_run": dry_run,
+                });
+                client.rpc("hp_prune", &arguments).await
             }
         }
     }

@@ -83,6 +83,11 @@ pub enum Command {
     /// paused, reporting gaps... (hp_worker_events; the sweep runs first).
     #[command(after_help = KEY_HELP)]
     Events(EventsArgs),
+    /// Remove the rows of workers not seen for a while (renamed, scaled
+    /// down, their host gone), with their control rows; each is recorded as
+    /// a `pruned` event, and one that comes back simply reappears.
+    #[command(after_help = KEY_HELP)]
+    Prune(PruneArgs),
 }
 
 const STEER_HELP: &str = "Every request goes through hp_control() (or the same rule in the local store), which \
@@ -275,6 +280,21 @@ pub struct EventsArgs {
     /// How far back (e.g. 1h, 24h, 7d).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub since: std::time::Duration,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Workers not seen for this long (at least 1h; e.g. 7d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub gone_for: std::time::Duration,
+    /// Only say which would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,11 +1,11 @@
 //! `heartbeat-sidecar events [NAME]`: what happened to the workers, from
 //! `hp_worker_events`. The sweep runs first, so a worker that went silent
-//! shows as stale or hung without a watcher.
+//! shows as stale or hung without a watcher. And `prune`: the ghosts.
 
 use chrono::Utc;
 use heartbeat_sdk::WorkerEvent;
 
-use crate::cli::EventsArgs;
+use crate::cli::{EventsArgs, PruneArgs};
 use crate::exit::{Exit, USAGE};
 
 /// Events older than this are dropped by the sweep.
@@ -95,4 +95,55 @@ fn detail(e: &WorkerEvent) -> String {
         parts.push(error.lines().last().unwrap_or(error).to_owned());
     }
     parts.join(", ")
+}
+
+/// `heartbeat-sidecar prune --gone-for 7d [--dry-run]`.
+pub async fn prune(args: PruneArgs) -> Exit {
+    let (_, operator) = match crate::fleet::open(&args.store) {
+        Ok(both) => both,
+        Err(e) => {
+            eprintln!("heartbeat-sidecar: {e}");
+            return Exit::Code(USAGE);
+        }
+    };
+    let gone_for = chrono::Duration::from_std(args.gone_for).unwrap_or(chrono::Duration::MAX);
+    let pruned = match operator.prune(gone_for, args.dry_run).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("heartbeat-sidecar: {e}");
+            return Exit::Code(USAGE);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&pruned).unwrap_or_default()
+        );
+        return Exit::Code(0);
+    }
+    let gone = humantime::format_duration(args.gone_for);
+    if pruned.is_empty() {
+        println!("No worker has been gone for {gone}.");
+        return Exit::Code(0);
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    println!("{verb} {} worker(s) not seen for {gone}:", pruned.len());
+    for p in &pruned {
+        println!(
+            "  {}  last seen {}  ({})",
+            p.worker_name,
+            p.last_seen
+                .map(|t| t
+                    .with_timezone(&chrono::Local)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string())
+                .unwrap_or_else(|| "never".into()),
+            p.status.as_deref().unwrap_or("unknown")
+        );
+    }
+    Exit::Code(0)
 }

@@ -58,6 +58,7 @@ fn main() {
             cli::Command::Rollout(command) => operate::rollout(command).await,
             cli::Command::Audit(args) => operate::audit(args).await,
             cli::Command::Events(args) => events::events(args).await,
+            cli::Command::Prune(args) => events::prune(args).await,
             cli::Command::Check(args) => check::check(args).await,
             cli::Command::Status(args) => status::status(args).await,
         }

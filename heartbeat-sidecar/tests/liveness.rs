@@ -245,3 +245,73 @@ fn events_lists_what_happened_and_the_sweep_adds_a_worker_gone_silent() {
         "{events:?}"
     );
 }
+
+#[test]
+fn prune_removes_a_worker_gone_for_a_week_and_says_which_first() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("prune.db");
+    for name in ["renamed-worker", "current-worker"] {
+        let out = sidecar()
+            .env("HP_STORE", &db)
+            .env("HP_LOG", "warn")
+            .args(["run", "--name", name, "--", "true"])
+            .output()
+            .expect("run");
+        assert!(out.status.success());
+    }
+    let conn = rusqlite::Connection::open(&db).expect("open");
+    conn.execute(
+        "update hp_worker_status set last_heartbeat = ?1 where worker_name = 'renamed-worker'",
+        [(chrono::Utc::now() - chrono::Duration::days(8)).to_rfc3339()],
+    )
+    .expect("age it");
+    let prune = |args: &[&str]| {
+        sidecar()
+            .env("HP_STORE", &db)
+            .arg("prune")
+            .args(args)
+            .output()
+            .expect("prune")
+    };
+    let dry = prune(&["--gone-for", "7d", "--dry-run"]);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(dry.status.success(), "{text}");
+    assert!(
+        text.contains("would remove 1 worker(s) not seen for 7days")
+            && text.contains("renamed-worker"),
+        "{text}"
+    );
+    assert!(
+        row(&db, "renamed-worker").is_some(),
+        "a dry run removes nothing"
+    );
+    let real = prune(&["--gone-for", "7d"]);
+    let text = String::from_utf8_lossy(&real.stdout);
+    assert!(
+        real.status.success() && text.contains("removed 1 worker(s)"),
+        "{text}"
+    );
+    assert!(row(&db, "renamed-worker").is_none());
+    assert!(
+        row(&db, "current-worker").is_some(),
+        "a worker seen lately stays"
+    );
+    let events = sidecar()
+        .env("HP_STORE", &db)
+        .args(["events", "renamed-worker", "--json"])
+        .output()
+        .expect("events");
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&events.stdout).expect("json");
+    assert_eq!(
+        events.last().and_then(|e| e["kind"].as_str()),
+        Some("pruned"),
+        "{events:?}"
+    );
+    let short = prune(&["--gone-for", "10m"]);
+    assert_eq!(short.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&short.stderr).contains("under an hour"),
+        "{}",
+        String::from_utf8_lossy(&short.stderr)
+    );
+}

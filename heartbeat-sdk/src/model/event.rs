@@ -26,3 +26,14 @@ pub struct WorkerEvent {
     #[serde(default)]
     pub detail: serde_json::Value,
 }
+
+/// A worker `prune` removed (or, dry, would remove).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pruned {
+    /// The worker.
+    pub worker_name: String,
+    /// When the store last heard from it.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// What its row said then.
+    pub status: Option<String>,
+}

@@ -439,6 +439,24 @@ impl SqliteStore {
         })
     }
 
+    /// `hp_prune()`: removes the workers not seen for `gone_for` (each
+    /// recorded as an event), or with `dry_run` only says which.
+    ///
+    /// # Errors
+    /// [`SendError::Store`] saying what is wrong with the file and the fix.
+    pub fn prune(
+        &self,
+        gone_for: chrono::Duration,
+        dry_run: bool,
+    ) -> Result<Vec<crate::model::event::Pruned>, SendError> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        self.with_connection(|conn| {
+            crate::transport::sqlite_liveness::prune(conn, now_micros(), gone_for, dry_run)
+        })
+    }
+
     fn read(&self, worker: Option<&str>) -> Result<Vec<StatusRow>, ReadError> {
         let read = |e: rusqlite::Error| ReadError::Store(explain(&self.path, &e));
         let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)

@@ -258,3 +258,55 @@ pub(crate) fn read_events(
     })?;
     rows.collect()
 }
+
+/// `hp_prune()` on the local store: the workers not seen for `gone_for`,
+/// removed with their control row and swept health (unless `dry_run`), each
+/// recorded as a `pruned` event, in one IMMEDIATE transaction.
+pub(crate) fn prune(
+    conn: &mut Connection,
+    now: DateTime<Utc>,
+    gone_for: chrono::Duration,
+    dry_run: bool,
+) -> rusqlite::Result<Vec<crate::model::event::Pruned>> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let cutoff = now - gone_for;
+    let gone: Vec<crate::model::event::Pruned> = crate::transport::sqlite::read_rows(&tx, None)?
+        .into_iter()
+        .filter_map(|r| {
+            let last_seen = r.last_heartbeat.or(r.updated_at);
+            last_seen
+                .filter(|&at| at < cutoff)
+                .map(|_| crate::model::event::Pruned {
+                    worker_name: r.worker_name,
+                    last_seen,
+                    status: r.status,
+                })
+        })
+        .collect();
+    if !dry_run {
+        for p in &gone {
+            record(
+                &tx,
+                &p.worker_name,
+                now,
+                &[Event {
+                    kind: "pruned",
+                    from: p.status.clone(),
+                    to: None,
+                    detail: serde_json::json!({
+                        "last_seen": p.last_seen,
+                        "gone_for": format!("{} seconds", gone_for.num_seconds()),
+                    }),
+                }],
+            )?;
+            for table in ["hp_worker_control", "hp_sweep_state", "hp_worker_status"] {
+                tx.execute(
+                    &format!("delete from {table} where worker_name = ?1"),
+                    [&p.worker_name],
+                )?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(gone)
+}
