@@ -1111,6 +1111,53 @@ fn prune_removes_ghosts_with_their_control_rows_and_they_may_come_back() {
     );
 }
 
+/// docs/status.md's pg_cron line, as written, sweeps in the database: a
+/// silent worker is recorded stale without any watcher.
+#[test]
+fn the_documented_pg_cron_line_records_a_silent_worker_stale() {
+    let Some(server) = pg::server() else { return };
+    let db = match server.cron_database() {
+        Ok(db) => db,
+        Err(why) => {
+            hp_heartbeat_tests::skip::or_require(
+                "DB",
+                &format!("the pg_cron sweep line of docs/status.md cannot run: {why}"),
+            );
+            return;
+        }
+    };
+    db.migrate(true).expect("migrations");
+    let text = std::fs::read_to_string(pg::repo_root().join("docs/status.md")).expect("docs");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("select cron.schedule('hp-sweep'"))
+        .expect("the pg_cron line in docs/status.md");
+    db.sql(&format!(
+        "create extension if not exists pg_cron;
+         insert into hp_worker_status (worker_name, instance_id, status) values ('cron-silent', '{}', 'running');
+         set session_replication_role = replica;
+         update hp_worker_status set last_heartbeat = now() - interval '10 minutes' where worker_name = 'cron-silent';",
+        instance("cron0")
+    ))
+    .expect("a silent worker");
+    db.sql(line).expect("the documented line");
+    // pg_cron starts the job at the next minute.
+    let stale = hp_heartbeat_tests::eventually::poll_until(Duration::from_secs(150), || {
+        db.sql("select count(*) from hp_worker_events where worker_name = 'cron-silent' and kind = 'stale';")
+            .ok()
+            .filter(|n| n.trim() == "1")
+    });
+    let runs = db
+        .sql("select string_agg(status || ': ' || coalesce(return_message, ''), ' | ') from cron.job_run_details d join cron.job j using (jobid) where j.jobname = 'hp-sweep';")
+        .unwrap_or_default();
+    db.sql("select cron.unschedule('hp-sweep');")
+        .expect("unschedule");
+    assert!(
+        stale.is_some(),
+        "the scheduled sweep did not record it; runs: {runs}"
+    );
+}
+
 /// Every key the SDK serializes is a column, of a type PostgREST converts to
 /// with json_to_recordset, and reads back as sent.
 #[test]
