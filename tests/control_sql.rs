@@ -584,11 +584,20 @@ fn functions_are_security_definer_with_an_empty_search_path_and_explicit_grants(
         "hp_rollout_step(",
         "hp_rollout_abort(",
     ];
+    // The sweep and prune: the secret key's (a watcher, pg_cron, the CLI), no one else's.
+    let service_functions = ["hp_sweep(", "hp_prune("];
     let mut seen_api = 0;
     for line in rows.lines() {
         assert!(line.contains("search_path=\"\""), "{line}");
         assert!(line.contains("anon=false"), "{line}");
-        if api_functions.iter().any(|f| line.starts_with(f)) {
+        if service_functions.iter().any(|f| line.starts_with(f)) {
+            assert!(
+                line.contains(" true ")
+                    && line.contains("authenticated=false")
+                    && line.contains("service_role=true"),
+                "{line}"
+            );
+        } else if api_functions.iter().any(|f| line.starts_with(f)) {
             seen_api += 1;
             assert!(
                 line.contains(" true ")

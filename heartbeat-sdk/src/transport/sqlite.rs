@@ -435,7 +435,12 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         self.with_connection(|conn| {
-            crate::transport::sqlite_liveness::sweep(conn, now_micros(), retain)
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let rows = read_rows(&tx, None)?;
+            let recorded =
+                crate::transport::sqlite_liveness::sweep(&tx, &rows, now_micros(), retain)?;
+            tx.commit()?;
+            Ok(recorded)
         })
     }
 
@@ -453,7 +458,17 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         self.with_connection(|conn| {
-            crate::transport::sqlite_liveness::prune(conn, now_micros(), gone_for, dry_run)
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let rows = read_rows(&tx, None)?;
+            let gone = crate::transport::sqlite_liveness::prune(
+                &tx,
+                rows,
+                now_micros(),
+                gone_for,
+                dry_run,
+            )?;
+            tx.commit()?;
+            Ok(gone)
         })
     }
 
@@ -663,10 +678,7 @@ fn to_sql(v: &Value) -> SqlValue {
     }
 }
 
-pub(crate) fn read_rows(
-    conn: &Connection,
-    worker: Option<&str>,
-) -> rusqlite::Result<Vec<StatusRow>> {
+fn read_rows(conn: &Connection, worker: Option<&str>) -> rusqlite::Result<Vec<StatusRow>> {
     let sql = match worker {
         Some(_) => "select * from hp_worker_status where worker_name = ?1",
         None => "select * from hp_worker_status order by worker_name",

@@ -160,26 +160,26 @@ pub(crate) fn record(
     Ok(())
 }
 
-/// `hp_sweep()` on the local store: the health no write says (stale, hung,
-/// and back to running), once per transition, and the retention. Runs in
-/// one IMMEDIATE transaction, so two sweeps at once record each once.
+/// `hp_sweep()` on the local store over `rows`, read in the caller's
+/// IMMEDIATE transaction `tx` (so two sweeps at once record each once): the
+/// health no write says (stale, hung, and back to running), once per
+/// transition, and the retention.
 pub(crate) fn sweep(
-    conn: &mut Connection,
+    tx: &Connection,
+    rows: &[crate::model::status_row::StatusRow],
     now: DateTime<Utc>,
     retain: chrono::Duration,
 ) -> rusqlite::Result<Vec<WorkerEvent>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute(
         "delete from hp_worker_events where at < ?1",
         [stamp(now - retain)],
     )?;
-    let rows = crate::transport::sqlite::read_rows(&tx, None)?;
     let first = tx.query_row(
         "select coalesce(max(id), 0) from hp_worker_events",
         [],
         |r| r.get::<_, i64>(0),
     )?;
-    for row in &rows {
+    for row in rows {
         let health = row.health(now).as_str();
         let swept: Option<String> = tx
             .query_row(
@@ -204,13 +204,14 @@ pub(crate) fn sweep(
             )
             .optional()?;
         let kind = match health {
-            "stale" | "hung" => Some(if health == "stale" { "stale" } else { "hung" }),
+            "stale" => Some("stale"),
+            "hung" => Some("hung"),
             "running" if matches!(was.as_deref(), Some("stale" | "hung")) => Some("recovered"),
             _ => None,
         };
         if let Some(kind) = kind {
             record(
-                &tx,
+                tx,
                 &row.worker_name,
                 now,
                 &[Event {
@@ -226,12 +227,10 @@ pub(crate) fn sweep(
         "delete from hp_sweep_state where worker_name not in (select worker_name from hp_worker_status)",
         [],
     )?;
-    let recorded = read_events(&tx, None, None)?
+    Ok(read_events(tx, None, None)?
         .into_iter()
         .filter(|e| e.id > first)
-        .collect();
-    tx.commit()?;
-    Ok(recorded)
+        .collect())
 }
 
 /// The events since `since`, about `worker` when given, oldest first.
@@ -259,18 +258,19 @@ pub(crate) fn read_events(
     rows.collect()
 }
 
-/// `hp_prune()` on the local store: the workers not seen for `gone_for`,
-/// removed with their control row and swept health (unless `dry_run`), each
-/// recorded as a `pruned` event, in one IMMEDIATE transaction.
+/// `hp_prune()` on the local store over `rows`, in the caller's IMMEDIATE
+/// transaction `tx`: the workers not seen for `gone_for`, removed with their
+/// control row and swept health (unless `dry_run`), each recorded as a
+/// `pruned` event.
 pub(crate) fn prune(
-    conn: &mut Connection,
+    tx: &Connection,
+    rows: Vec<crate::model::status_row::StatusRow>,
     now: DateTime<Utc>,
     gone_for: chrono::Duration,
     dry_run: bool,
 ) -> rusqlite::Result<Vec<crate::model::event::Pruned>> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let cutoff = now - gone_for;
-    let gone: Vec<crate::model::event::Pruned> = crate::transport::sqlite::read_rows(&tx, None)?
+    let gone: Vec<crate::model::event::Pruned> = rows
         .into_iter()
         .filter_map(|r| {
             let last_seen = r.last_heartbeat.or(r.updated_at);
@@ -286,7 +286,7 @@ pub(crate) fn prune(
     if !dry_run {
         for p in &gone {
             record(
-                &tx,
+                tx,
                 &p.worker_name,
                 now,
                 &[Event {
@@ -307,6 +307,5 @@ pub(crate) fn prune(
             }
         }
     }
-    tx.commit()?;
     Ok(gone)
 }
