@@ -768,6 +768,40 @@ fn instance(tag: &str) -> String {
     format!("00000000-0000-4000-8000-{n:012x}")
 }
 
+/// The scenario as PostgREST's merge-duplicates upserts: only the columns
+/// sent are set.
+fn liveness_writes_sql() -> String {
+    LIVENESS_WRITES
+        .iter()
+        .map(|(name, tag, status, breaker, state, code, error)| {
+            format!(
+                "insert into hp_worker_status (worker_name, instance_id, status, circuit_breaker_open, state, exit_code, last_error) values ('{name}', '{}', '{status}', {breaker}, '{state}', {}, {}) on conflict (worker_name) do update set instance_id = excluded.instance_id, status = excluded.status, circuit_breaker_open = excluded.circuit_breaker_open, state = excluded.state, exit_code = excluded.exit_code, last_error = excluded.last_error;\n",
+                instance(tag),
+                code.map_or("null".into(), |c| c.to_string()),
+                error.map_or("null".into(), |e| format!("'{e}'")),
+            )
+        })
+        .collect()
+}
+
+/// The scenario written to a local store, as the SDK writes its rows.
+fn write_liveness_scenario(store: &heartbeat_sdk::sidecar::SqliteStore) {
+    let template = serde_json::from_value::<heartbeat_sdk::WorkerRow>(sdk_rows().remove(0))
+        .expect("an SDK row");
+    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
+        let mut row = template.clone();
+        row.worker_name = name.into();
+        row.instance_id = instance(tag);
+        row.status = WorkerStatus::parse(Some(status));
+        row.circuit_breaker_open = breaker;
+        row.state = Some(state.into());
+        row.exit_code = code;
+        row.last_error = error.map(str::to_owned);
+        row.gap = None;
+        store.write(&row).expect("write");
+    }
+}
+
 /// What each store says after the writes: restarts, crashes kept, and how
 /// the previous instance ended.
 fn liveness_summary(rows: &[StatusRow], now: DateTime<Utc>) -> Vec<String> {
@@ -798,15 +832,7 @@ fn restarts_and_crashes_are_counted_alike_by_postgres_and_the_local_store() {
         return;
     };
     let mut sql = String::new();
-    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
-        // As PostgREST's merge-duplicates upsert: only the columns sent are set.
-        sql.push_str(&format!(
-            "insert into hp_worker_status (worker_name, instance_id, status, circuit_breaker_open, state, exit_code, last_error) values ('{name}', '{}', '{status}', {breaker}, '{state}', {}, {}) on conflict (worker_name) do update set instance_id = excluded.instance_id, status = excluded.status, circuit_breaker_open = excluded.circuit_breaker_open, state = excluded.state, exit_code = excluded.exit_code, last_error = excluded.last_error;\n",
-            instance(tag),
-            code.map_or("null".into(), |c| c.to_string()),
-            error.map_or("null".into(), |e| format!("'{e}'")),
-        ));
-    }
+    sql.push_str(&liveness_writes_sql());
     // A beat (same instance, same status) leaves the store's columns as they are.
     sql.push_str(&format!(
         "insert into hp_worker_status (worker_name, instance_id, status, jobs_processed) values ('loop', '{}', 'crashed', 5) on conflict (worker_name) do update set instance_id = excluded.instance_id, status = excluded.status, jobs_processed = excluded.jobs_processed;\n",
@@ -826,19 +852,7 @@ fn restarts_and_crashes_are_counted_alike_by_postgres_and_the_local_store() {
 
     let dir = tempfile::tempdir().expect("tmp");
     let store = heartbeat_sdk::sidecar::SqliteStore::new(dir.path().join("liveness.db"));
-    let template = serde_json::from_value::<heartbeat_sdk::WorkerRow>(sdk_rows().remove(0))
-        .expect("an SDK row");
-    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
-        let mut row = template.clone();
-        row.worker_name = name.into();
-        row.instance_id = instance(tag);
-        row.status = WorkerStatus::parse(Some(status));
-        row.circuit_breaker_open = breaker;
-        row.state = Some(state.into());
-        row.exit_code = code;
-        row.last_error = error.map(str::to_owned);
-        store.write(&row).expect("write");
-    }
+    write_liveness_scenario(&store);
     let local = liveness_summary(&store.read_all().expect("read"), chrono::Utc::now());
 
     assert_eq!(postgres, local, "the two stores disagree");
@@ -862,14 +876,7 @@ fn the_status_trigger_and_the_local_store_record_the_same_events() {
         return;
     };
     let mut sql = String::new();
-    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
-        sql.push_str(&format!(
-            "insert into hp_worker_status (worker_name, instance_id, status, circuit_breaker_open, state, exit_code, last_error) values ('{name}', '{}', '{status}', {breaker}, '{state}', {}, {}) on conflict (worker_name) do update set instance_id = excluded.instance_id, status = excluded.status, circuit_breaker_open = excluded.circuit_breaker_open, state = excluded.state, exit_code = excluded.exit_code, last_error = excluded.last_error;\n",
-            instance(tag),
-            code.map_or("null".into(), |c| c.to_string()),
-            error.map_or("null".into(), |e| format!("'{e}'")),
-        ));
-    }
+    sql.push_str(&liveness_writes_sql());
     sql.push_str("select worker_name || ' ' || kind || ' ' || coalesce(from_state, '-') || ' ' || coalesce(to_state, '-') from hp_worker_events order by id;\n");
     let postgres: Vec<String> = db
         .sql(&sql)
@@ -881,20 +888,7 @@ fn the_status_trigger_and_the_local_store_record_the_same_events() {
 
     let dir = tempfile::tempdir().expect("tmp");
     let store = heartbeat_sdk::sidecar::SqliteStore::new(dir.path().join("events.db"));
-    let template = serde_json::from_value::<heartbeat_sdk::WorkerRow>(sdk_rows().remove(0))
-        .expect("an SDK row");
-    for (name, tag, status, breaker, state, code, error) in LIVENESS_WRITES {
-        let mut row = template.clone();
-        row.worker_name = name.into();
-        row.instance_id = instance(tag);
-        row.status = WorkerStatus::parse(Some(status));
-        row.circuit_breaker_open = breaker;
-        row.state = Some(state.into());
-        row.exit_code = code;
-        row.last_error = error.map(str::to_owned);
-        row.gap = None;
-        store.write(&row).expect("write");
-    }
+    write_liveness_scenario(&store);
     let local: Vec<String> = store
         .events(None, None)
         .expect("events")

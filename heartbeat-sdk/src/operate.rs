@@ -305,34 +305,14 @@ impl Operator {
                 blocking(move || store.audit(since, worker.as_deref())).await
             }
             Store::Supabase(client) => {
-                // Page after page past the 1,000-row cap, after the last id seen.
-                let mut all: Vec<AuditEntry> = Vec::new();
-                loop {
-                    let mut query = vec![
-                        ("select", "*".to_owned()),
-                        ("order", "id.asc".to_owned()),
-                        ("limit", "1000".to_owned()),
-                    ];
-                    if let Some(t) = since {
-                        query.push(("at", format!("gte.{}", t.to_rfc3339())));
-                    }
-                    if let Some(w) = worker {
-                        query.push(("workers", format!("cs.{{{w}}}")));
-                    }
-                    let last = all.last().map(|e| e.id);
-                    if let Some(id) = last {
-                        query.push(("id", format!("gt.{id}")));
-                    }
-                    let page: Vec<AuditEntry> = client
-                        .select_table("hp_audit_log", &query)
-                        .await
-                        .map_err(|e| ControlError::Store(e.to_string()))?;
-                    let before = all.len();
-                    all.extend(page.into_iter().filter(|e| last.is_none_or(|l| e.id > l)));
-                    if all.len() == before {
-                        return Ok(all);
-                    }
+                let mut filters = Vec::new();
+                if let Some(t) = since {
+                    filters.push(("at", format!("gte.{}", t.to_rfc3339())));
                 }
+                if let Some(w) = worker {
+                    filters.push(("workers", format!("cs.{{{w}}}")));
+                }
+                select_by_id(client, "hp_audit_log", filters, |e: &AuditEntry| e.id).await
             }
         }
     }
@@ -360,33 +340,14 @@ impl Operator {
                 .await
             }
             Store::Supabase(client) => {
-                let mut all: Vec<WorkerEvent> = Vec::new();
-                loop {
-                    let mut query = vec![
-                        ("select", "*".to_owned()),
-                        ("order", "id.asc".to_owned()),
-                        ("limit", "1000".to_owned()),
-                    ];
-                    if let Some(t) = since {
-                        query.push(("at", format!("gte.{}", t.to_rfc3339())));
-                    }
-                    if let Some(w) = worker {
-                        query.push(("worker_name", format!("eq.{w}")));
-                    }
-                    let last = all.last().map(|e| e.id);
-                    if let Some(id) = last {
-                        query.push(("id", format!("gt.{id}")));
-                    }
-                    let page: Vec<WorkerEvent> = client
-                        .select_table("hp_worker_events", &query)
-                        .await
-                        .map_err(|e| ControlError::Store(e.to_string()))?;
-                    let before = all.len();
-                    all.extend(page.into_iter().filter(|e| last.is_none_or(|l| e.id > l)));
-                    if all.len() == before {
-                        return Ok(all);
-                    }
+                let mut filters = Vec::new();
+                if let Some(t) = since {
+                    filters.push(("at", format!("gte.{}", t.to_rfc3339())));
                 }
+                if let Some(w) = worker {
+                    filters.push(("worker_name", format!("eq.{w}")));
+                }
+                select_by_id(client, "hp_worker_events", filters, |e: &WorkerEvent| e.id).await
             }
         }
     }
@@ -456,6 +417,39 @@ impl Operator {
                 });
                 client.rpc("hp_prune", &arguments).await
             }
+        }
+    }
+}
+
+/// Every row of `table` that `filters` match, oldest id first: page after
+/// page past Supabase's 1,000-row cap, each after the last id seen, until a
+/// page brings nothing new.
+async fn select_by_id<T: serde::de::DeserializeOwned>(
+    client: &crate::transport::postgrest::PostgrestClient,
+    table: &str,
+    filters: Vec<(&str, String)>,
+    id: impl Fn(&T) -> i64,
+) -> Result<Vec<T>, ControlError> {
+    let mut all: Vec<T> = Vec::new();
+    loop {
+        let mut query = vec![
+            ("select", "*".to_owned()),
+            ("order", "id.asc".to_owned()),
+            ("limit", "1000".to_owned()),
+        ];
+        query.extend(filters.iter().cloned());
+        let last = all.last().map(&id);
+        if let Some(last) = last {
+            query.push(("id", format!("gt.{last}")));
+        }
+        let page: Vec<T> = client
+            .select_table(table, &query)
+            .await
+            .map_err(|e| ControlError::Store(e.to_string()))?;
+        let before = all.len();
+        all.extend(page.into_iter().filter(|e| last.is_none_or(|l| id(e) > l)));
+        if all.len() == before {
+            return Ok(all);
         }
     }
 }

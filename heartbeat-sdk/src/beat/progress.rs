@@ -100,6 +100,8 @@ mod tests {
         let p = Progress::default();
         p.ping_systemd(NotifySocket::to(&path, Some(Duration::from_millis(400))));
         assert!(heard().is_empty(), "no progress, no ping");
+        // Before the first ping: the next comes at least a quarter period after it.
+        let first = Instant::now();
         for _ in 0..1000 {
             p.mark();
         }
@@ -108,9 +110,20 @@ mod tests {
             vec![b"WATCHDOG=1".to_vec()],
             "a thousand marks, one ping"
         );
-        std::thread::sleep(Duration::from_millis(120));
-        p.mark();
-        assert_eq!(heard().len(), 1, "a quarter period later, the next");
+        // Marking on: the next ping comes, a quarter period (100 ms) later.
+        let deadline = first + Duration::from_secs(5);
+        let next = loop {
+            p.mark();
+            if !heard().is_empty() {
+                break first.elapsed();
+            }
+            assert!(Instant::now() < deadline, "no second ping");
+            std::thread::yield_now();
+        };
+        assert!(
+            next >= Duration::from_millis(100),
+            "{next:?}: sooner than a quarter period"
+        );
     }
 
     #[test]
