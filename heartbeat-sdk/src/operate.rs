@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::config::target::StoreSettings;
+use crate::model::alert::{AlertBatch, AlertClaim};
 use crate::model::control::{AuditEntry, ControlAnswer, ControlError, ControlRequest, PoolBudget};
 use crate::model::error::ConfigError;
 use crate::model::event::{Pruned, WorkerEvent};
@@ -416,6 +417,89 @@ impl Operator {
                     "dry_run": dry_run,
                 });
                 client.rpc("hp_prune", &arguments).await
+            }
+        }
+    }
+}
+
+impl Operator {
+    /// `hp_alert_claim()`: takes (or renews) a webhook's delivery cursor for
+    /// this watcher and returns the events after it; while another
+    /// watcher's lease runs, says who holds it and returns none.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be written (on Supabase, also
+    /// a missing `sql/20261201000003_hp_alerts.sql`).
+    pub async fn alert_claim(&self, claim: &AlertClaim) -> Result<AlertBatch, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let (store, claim) = (store.clone(), claim.clone());
+                blocking(move || {
+                    store
+                        .alert_claim(&claim)
+                        .map_err(|e| ControlError::Store(e.to_string()))
+                })
+                .await
+            }
+            Store::Supabase(client) => {
+                let arguments = serde_json::to_value(claim)
+                    .map_err(|e| ControlError::Store(format!("cannot write the claim: {e}")))?;
+                client.rpc("hp_alert_claim", &arguments).await
+            }
+        }
+    }
+
+    /// `hp_alert_ack()`: the events up to `through` were delivered
+    /// (`delivered` of them sent); renews the lease. False when this watcher
+    /// no longer holds the sink.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be written.
+    pub async fn alert_ack(
+        &self,
+        sink: &str,
+        holder: &str,
+        through: i64,
+        delivered: u32,
+    ) -> Result<bool, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let (store, sink, holder) = (store.clone(), sink.to_owned(), holder.to_owned());
+                blocking(move || {
+                    store
+                        .alert_ack(&sink, &holder, through, delivered)
+                        .map_err(|e| ControlError::Store(e.to_string()))
+                })
+                .await
+            }
+            Store::Supabase(client) => {
+                let arguments = json!({
+                    "sink": sink, "holder": holder, "through": through, "delivered": delivered,
+                });
+                client.rpc("hp_alert_ack", &arguments).await
+            }
+        }
+    }
+
+    /// `hp_alert_release()`: lets go of the sink, so another watcher takes
+    /// over at once.
+    ///
+    /// # Errors
+    /// [`ControlError`] when the store cannot be written.
+    pub async fn alert_release(&self, sink: &str, holder: &str) -> Result<bool, ControlError> {
+        match &self.store {
+            Store::Local(store) => {
+                let (store, sink, holder) = (store.clone(), sink.to_owned(), holder.to_owned());
+                blocking(move || {
+                    store
+                        .alert_release(&sink, &holder)
+                        .map_err(|e| ControlError::Store(e.to_string()))
+                })
+                .await
+            }
+            Store::Supabase(client) => {
+                let arguments = json!({ "sink": sink, "holder": holder });
+                client.rpc("hp_alert_release", &arguments).await
             }
         }
     }

@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
+pub use crate::beat::backoff::Backoff;
 pub use crate::beat::log_limit::LogLimiter;
 pub use crate::beat::probe::{ProcessProbe, ProcessSample, ProcessTree};
 pub use crate::config::env;
 pub use crate::config::target::{StoreChoice, Target};
+pub use crate::model::alert::{AlertBatch, AlertClaim};
 pub use crate::model::control::{
     AuditEntry, ControlAnswer, ControlError, ControlRequest, PoolBudget, PoolImpact, Verb,
 };

@@ -88,7 +88,21 @@ pub enum Command {
     /// a `pruned` event, and one that comes back simply reappears.
     #[command(after_help = KEY_HELP)]
     Prune(PruneArgs),
+    /// Post each new event of the kinds chosen to webhooks (JSON, or a
+    /// Slack/Discord message): a small watcher that runs the sweep every
+    /// 15 s, retries with backoff and keeps its place in the store, so an
+    /// event is delivered once even across restarts or with two watchers.
+    #[command(after_help = ALERTS_HELP)]
+    Alerts(AlertsArgs),
 }
+
+const ALERTS_HELP: &str = "A webhook URL from Slack or Discord is a secret: pass it in HP_ALERT_WEBHOOKS \
+(several separated by spaces) from a file only you can read, rather than --webhook, which any user can see in \
+the process list. For Discord, add /slack to the webhook URL and use --format slack. Each webhook keeps its \
+place in the store (hp_alert_cursor: apply sql/20261201000003_hp_alerts.sql on Supabase), so a restart resumes \
+where it stopped and a second watcher with the same webhooks waits to take over. Runs until SIGTERM or Ctrl-C; \
+under systemd it says READY=1 and pings WatchdogSec= each round. See docs/alerts.md.\n\n\
+Supabase: SUPABASE_URL and SUPABASE_SECRET_KEY; otherwise the local store.";
 
 const STEER_HELP: &str = "Every request goes through hp_control() (or the same rule in the local store), which \
 refuses what would leave a pool with more workers down than its budget allows. Before acting the command shows \
@@ -300,6 +314,97 @@ pub struct PruneArgs {
     pub json: bool,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// A webhook to post to (repeat for several; http or https) [env:
+    /// HP_ALERT_WEBHOOKS, separated by spaces]
+    #[arg(
+        long = "webhook",
+        value_name = "URL",
+        env = "HP_ALERT_WEBHOOKS",
+        value_delimiter = ' ',
+        hide_env = true,
+        hide_env_values = true
+    )]
+    pub webhooks: Vec<String>,
+    /// The kinds of event to send, comma-separated: any of started, stopped,
+    /// crashed, vanished, stale, hung, recovered, breaker (opened),
+    /// breaker_closed, paused, resumed, drained, restarted, reporting_gap,
+    /// pruned; or all.
+    #[arg(
+        long = "on",
+        value_name = "KINDS",
+        default_value = "crashed,stale,hung,breaker",
+        value_parser = parse_kinds
+    )]
+    pub kinds: AlertKinds,
+    /// `json` (the event, as `events --json` prints it, plus a `text` line)
+    /// or `slack` (a Slack message; Discord takes it at its webhook URL + /slack).
+    #[arg(long, value_name = "json|slack", default_value = "json", value_enum)]
+    pub format: AlertFormat,
+    /// How often the sweep runs and new events are looked for.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub every: std::time::Duration,
+    /// Also remove workers not seen for this long, once an hour (at least 1h; e.g. 7d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub prune_gone_for: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// How `alerts` writes each event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AlertFormat {
+    Json,
+    Slack,
+}
+
+/// The event kinds `alerts --on` names, in the store's words, sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertKinds(pub Vec<String>);
+
+/// Every kind of event the store records.
+pub const EVENT_KINDS: [&str; 15] = [
+    "started",
+    "stopped",
+    "crashed",
+    "vanished",
+    "stale",
+    "hung",
+    "recovered",
+    "breaker_opened",
+    "breaker_closed",
+    "paused",
+    "resumed",
+    "drained",
+    "restarted",
+    "reporting_gap",
+    "pruned",
+];
+
+fn parse_kinds(text: &str) -> Result<AlertKinds, String> {
+    let mut kinds = Vec::new();
+    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "all" => kinds.extend(EVENT_KINDS.iter().map(|k| (*k).to_owned())),
+            "breaker" => kinds.push("breaker_opened".to_owned()),
+            k if EVENT_KINDS.contains(&k) => kinds.push(k.to_owned()),
+            other => {
+                return Err(format!(
+                    "no event kind `{other}`: use any of {}, breaker (= breaker_opened) or all",
+                    EVENT_KINDS.join(", ")
+                ))
+            }
+        }
+    }
+    if kinds.is_empty() {
+        return Err("no kinds: name at least one, e.g. --on crashed,stale".into());
+    }
+    kinds.sort();
+    kinds.dedup();
+    Ok(AlertKinds(kinds))
 }
 
 /// Where rows are read and written. URL, store and schema are also read from

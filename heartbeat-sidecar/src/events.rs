@@ -69,7 +69,7 @@ pub async fn events(args: EventsArgs) -> Exit {
 }
 
 /// "exit code 1: Error: boom", "24 beats not delivered", "running -> stale".
-fn detail(e: &WorkerEvent) -> String {
+pub(crate) fn detail(e: &WorkerEvent) -> String {
     let d = &e.detail;
     let mut parts = Vec::new();
     if let (Some(from), Some(to)) = (&e.from_state, &e.to_state) {

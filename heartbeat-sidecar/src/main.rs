@@ -1,6 +1,7 @@
 //! heartbeat-sidecar: wraps any worker process and reports for it to
 //! hp_worker_status; also `check` and `status`.
 
+mod alerts;
 mod check;
 mod cli;
 mod events;
@@ -58,6 +59,7 @@ fn main() {
             cli::Command::Rollout(command) => operate::rollout(command).await,
             cli::Command::Audit(args) => operate::audit(args).await,
             cli::Command::Events(args) => events::events(args).await,
+            cli::Command::Alerts(args) => alerts::alerts(args).await,
             cli::Command::Prune(args) => events::prune(args).await,
             cli::Command::Check(args) => check::check(args).await,
             cli::Command::Status(args) => status::status(args).await,

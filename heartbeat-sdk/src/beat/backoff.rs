@@ -5,13 +5,14 @@ use std::time::Duration;
 /// "Equal jitter" backoff: half the exponential step fixed, half random, so
 /// retries never bunch at zero and many workers do not retry in lockstep.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     base: Duration,
     cap: Duration,
     attempt: u32,
 }
 
 impl Backoff {
+    /// Delays from `base` doubling up to `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Backoff {
             base,
@@ -28,6 +29,11 @@ impl Backoff {
             .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         step / 2 + step.mul_f64(unit.clamp(0.0, 1.0) / 2.0)
+    }
+
+    /// Back to the first step, after a success.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
     }
 }
 

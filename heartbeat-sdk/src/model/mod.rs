@@ -1,6 +1,7 @@
 //! The model: what a row is, what a reader concludes from one, the key, the
 //! errors. No I/O here, and nothing here imports the other layers.
 
+pub(crate) mod alert;
 pub(crate) mod clock;
 pub(crate) mod control;
 pub(crate) mod desired;

@@ -4,6 +4,7 @@ mod memory;
 pub(crate) mod notify;
 pub(crate) mod postgrest;
 pub(crate) mod sqlite;
+pub(crate) mod sqlite_alerts;
 pub(crate) mod sqlite_control;
 pub(crate) mod sqlite_liveness;
 pub(crate) mod sqlite_rollout;

@@ -444,6 +444,65 @@ impl SqliteStore {
         })
     }
 
+    /// `hp_alert_claim()`: takes or renews `claim.sink` for `claim.holder`
+    /// and returns the events after its cursor (made at the newest event the
+    /// first time), unless another watcher's lease runs.
+    ///
+    /// # Errors
+    /// [`SendError::Store`] saying what is wrong with the file and the fix.
+    pub fn alert_claim(
+        &self,
+        claim: &crate::model::alert::AlertClaim,
+    ) -> Result<crate::model::alert::AlertBatch, SendError> {
+        self.with_connection(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let batch = crate::transport::sqlite_alerts::claim(&tx, claim, now_micros())?;
+            tx.commit()?;
+            Ok(batch)
+        })
+    }
+
+    /// `hp_alert_ack()`: the cursor of `sink` moves to `through`; false when
+    /// `holder` no longer holds it.
+    ///
+    /// # Errors
+    /// [`SendError::Store`] saying what is wrong with the file and the fix.
+    pub fn alert_ack(
+        &self,
+        sink: &str,
+        holder: &str,
+        through: i64,
+        delivered: u32,
+    ) -> Result<bool, SendError> {
+        self.with_connection(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let held = crate::transport::sqlite_alerts::ack(
+                &tx,
+                sink,
+                holder,
+                through,
+                delivered,
+                now_micros(),
+            )?;
+            tx.commit()?;
+            Ok(held)
+        })
+    }
+
+    /// `hp_alert_release()`: `holder` lets go of `sink`.
+    ///
+    /// # Errors
+    /// [`SendError::Store`] saying what is wrong with the file and the fix.
+    pub fn alert_release(&self, sink: &str, holder: &str) -> Result<bool, SendError> {
+        self.with_connection(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let released =
+                crate::transport::sqlite_alerts::release(&tx, sink, holder, now_micros())?;
+            tx.commit()?;
+            Ok(released)
+        })
+    }
+
     /// `hp_prune()`: removes the workers not seen for `gone_for` (each
     /// recorded as an event), or with `dry_run` only says which.
     ///
@@ -612,6 +671,7 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch(crate::transport::sqlite_control::SCHEMA)?;
     conn.execute_batch(crate::transport::sqlite_liveness::SCHEMA)?;
+    conn.execute_batch(crate::transport::sqlite_alerts::SCHEMA)?;
     conn.execute_batch(crate::transport::sqlite_rollout::SCHEMA)
 }
 

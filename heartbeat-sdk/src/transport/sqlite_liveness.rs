@@ -239,23 +239,29 @@ pub(crate) fn read_events(
     since: Option<DateTime<Utc>>,
     worker: Option<&str>,
 ) -> rusqlite::Result<Vec<WorkerEvent>> {
-    let mut statement = conn.prepare(
-        "select id, at, worker_name, kind, from_state, to_state, detail from hp_worker_events
-         where (?1 is null or at >= ?1) and (?2 is null or worker_name = ?2) order by id",
-    )?;
-    let rows = statement.query_map(rusqlite::params![since.map(stamp), worker], |r| {
-        let detail: String = r.get(6)?;
-        Ok(WorkerEvent {
-            id: r.get(0)?,
-            at: parse_time(r.get(1)?).unwrap_or_default(),
-            worker_name: r.get(2)?,
-            kind: r.get(3)?,
-            from_state: r.get(4)?,
-            to_state: r.get(5)?,
-            detail: serde_json::from_str(&detail).unwrap_or_default(),
-        })
-    })?;
+    let mut statement = conn.prepare(&format!(
+        "select {EVENT_COLUMNS} from hp_worker_events
+         where (?1 is null or at >= ?1) and (?2 is null or worker_name = ?2) order by id"
+    ))?;
+    let rows = statement.query_map(rusqlite::params![since.map(stamp), worker], event_from)?;
     rows.collect()
+}
+
+/// The columns [`event_from`] reads, in its order.
+pub(crate) const EVENT_COLUMNS: &str = "id, at, worker_name, kind, from_state, to_state, detail";
+
+/// One event from a row of [`EVENT_COLUMNS`].
+pub(crate) fn event_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<WorkerEvent> {
+    let detail: String = r.get(6)?;
+    Ok(WorkerEvent {
+        id: r.get(0)?,
+        at: parse_time(r.get(1)?).unwrap_or_default(),
+        worker_name: r.get(2)?,
+        kind: r.get(3)?,
+        from_state: r.get(4)?,
+        to_state: r.get(5)?,
+        detail: serde_json::from_str(&detail).unwrap_or_default(),
+    })
 }
 
 /// `hp_prune()` on the local store over `rows`, in the caller's IMMEDIATE

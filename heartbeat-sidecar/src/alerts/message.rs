@@ -1,0 +1,155 @@
+//! What a webhook receives for one event: the event as `events --json`
+//! prints it plus a `text` line, or a Slack message (`{"text": ...}`, which
+//! Discord takes at its webhook URL + `/slack`). No I/O here.
+
+use heartbeat_sdk::WorkerEvent;
+use serde_json::{json, Value};
+
+use crate::cli::AlertFormat;
+
+/// Discord refuses messages over 2,000 characters; Slack's limit is higher.
+const MAX_TEXT_CHARS: usize = 1_900;
+
+/// The body posted for `event`.
+pub fn body(event: &WorkerEvent, format: AlertFormat) -> Value {
+    match format {
+        AlertFormat::Json => {
+            let mut value = serde_json::to_value(event).unwrap_or_else(|_| json!({}));
+            if let Value::Object(fields) = &mut value {
+                fields.insert("text".into(), Value::String(text(event)));
+            }
+            value
+        }
+        AlertFormat::Slack => json!({ "text": slack_text(event) }),
+    }
+}
+
+/// "order-executor crashed: exit code 1, Error: boom".
+pub fn text(event: &WorkerEvent) -> String {
+    let what = match event.kind.as_str() {
+        "stale" => "went stale: no beat for 2.5 intervals",
+        "hung" => "is hung: running, but no progress",
+        "breaker_opened" => "cannot report: its circuit breaker opened",
+        "breaker_closed" => "reports again: its circuit breaker closed",
+        "vanished" => "vanished: a new instance started without the old one's last row",
+        "reporting_gap" => "could not report for a while",
+        other => other,
+    };
+    let detail = crate::events::detail(event);
+    let line = if detail.is_empty() {
+        format!("{} {what}", event.worker_name)
+    } else {
+        format!("{} {what}: {detail}", event.worker_name)
+    };
+    bounded(&line)
+}
+
+/// [`text`], bold name, with what a worker wrote kept from pinging anyone:
+/// Slack's `<!channel>` and links are escaped as Slack asks (`&`, `<`, `>`),
+/// Discord's `@everyone` and `@here` broken by a zero-width space.
+fn slack_text(event: &WorkerEvent) -> String {
+    let escaped = text(event)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace("@everyone", "@\u{200b}everyone")
+        .replace("@here", "@\u{200b}here");
+    let name = escape_name(&event.worker_name);
+    let rest = escaped.strip_prefix(&name).unwrap_or(&escaped);
+    bounded(&format!(
+        "*{name}*{rest} (event {}, {})",
+        event.id,
+        event.at.format("%Y-%m-%d %H:%M:%S UTC")
+    ))
+}
+
+fn escape_name(name: &str) -> String {
+    name.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace("@everyone", "@\u{200b}everyone")
+        .replace("@here", "@\u{200b}here")
+}
+
+fn bounded(text: &str) -> String {
+    if text.chars().count() <= MAX_TEXT_CHARS {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(MAX_TEXT_CHARS - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crash(error: &str) -> WorkerEvent {
+        WorkerEvent {
+            id: 42,
+            at: "2026-12-01T13:00:00Z".parse().expect("time"),
+            worker_name: "order-executor".into(),
+            kind: "crashed".into(),
+            from_state: Some("running".into()),
+            to_state: Some("crashed".into()),
+            detail: json!({"exit_code": 1, "error": error}),
+        }
+    }
+
+    #[test]
+    fn json_is_the_event_plus_a_line() {
+        let body = body(&crash("Error: boom"), AlertFormat::Json);
+        assert_eq!(body["id"], 42);
+        assert_eq!(body["kind"], "crashed");
+        assert_eq!(body["worker_name"], "order-executor");
+        assert_eq!(body["detail"]["exit_code"], 1);
+        assert_eq!(
+            body["text"],
+            "order-executor crashed: running -> crashed, exit code 1, Error: boom"
+        );
+    }
+
+    #[test]
+    fn slack_pings_no_one_and_escapes_what_the_worker_wrote() {
+        let body = body(
+            &crash("<!channel> @everyone look at <https://evil.example|this> & @here"),
+            AlertFormat::Slack,
+        );
+        let text = body["text"].as_str().expect("text");
+        assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+        assert!(text.starts_with("*order-executor* crashed: "), "{text}");
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(text.contains("&lt;!channel&gt;"), "{text}");
+        assert!(text.contains("&amp;"), "{text}");
+        assert!(
+            !text.contains("@everyone") && !text.contains("@here"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("(event 42, 2026-12-01 13:00:00 UTC)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_huge_error_is_cut_to_fit_discord() {
+        let body = body(&crash(&"x".repeat(10_000)), AlertFormat::Slack);
+        let text = body["text"].as_str().expect("text");
+        assert_eq!(text.chars().count(), MAX_TEXT_CHARS);
+        assert!(text.ends_with('…'));
+    }
+
+    #[test]
+    fn every_kind_reads_as_a_sentence() {
+        for kind in crate::cli::EVENT_KINDS {
+            let mut e = crash("e");
+            e.kind = kind.into();
+            e.detail = json!({});
+            e.from_state = None;
+            e.to_state = None;
+            let line = text(&e);
+            assert!(line.starts_with("order-executor "), "{line}");
+            assert!(!line.contains('_'), "{kind}: {line}");
+        }
+    }
+}

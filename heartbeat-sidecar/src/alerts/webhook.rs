@@ -1,0 +1,229 @@
+//! One webhook: its URL (a secret for Slack and Discord: never logged, never
+//! stored), the key its cursor is kept under, and the POST.
+
+use std::time::Duration;
+
+use heartbeat_sdk::WorkerEvent;
+
+use crate::cli::AlertFormat;
+
+/// How long one POST may take.
+pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Webhook {
+    url: reqwest::Url,
+    format: AlertFormat,
+    /// The cursor's key in the store: a SHA-256 of URL, format and kinds.
+    pub key: String,
+    /// Scheme, host and port only, for logs: "https://hooks.slack.com/… (webhook 1a2b3c4d)".
+    pub shown: String,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Why a POST did not count as delivered.
+#[derive(Debug)]
+pub struct NotDelivered {
+    pub why: String,
+    /// The receiver's `Retry-After`, when it gave one.
+    pub retry_after: Option<Duration>,
+}
+
+impl Webhook {
+    /// `text` as given to `--webhook`; `kinds` those `--on` names (sorted).
+    pub fn parse(text: &str, format: AlertFormat, kinds: &[String]) -> Result<Webhook, String> {
+        let url = reqwest::Url::parse(text.trim()).map_err(|e| {
+            format!(
+                "a webhook is not a URL ({e}): give the whole URL, e.g. https://hooks.slack.com/services/..."
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(format!(
+                "a webhook must be an http:// or https:// URL with a host, not {}:",
+                url.scheme()
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            // Allowed (some receivers use basic auth), but never shown.
+            tracing::debug!("a webhook URL carries credentials");
+        }
+        let format_name = match format {
+            AlertFormat::Json => "json",
+            AlertFormat::Slack => "slack",
+        };
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("hp-alerts v1\n{format_name}\n{}\n{url}", kinds.join(",")).as_bytes(),
+        );
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("webhook-{}", &hex[..32]);
+        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let shown = format!(
+            "{}://{}{port}/… (webhook {})",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            &hex[..8]
+        );
+        Ok(Webhook {
+            url,
+            format,
+            key,
+            shown,
+        })
+    }
+
+    /// Plain http to a host other than this one: the events go in clear.
+    pub fn in_clear(&self) -> bool {
+        let host = self.url.host_str().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        self.url.scheme() == "http" && !loopback
+    }
+
+    /// POSTs `event`; delivered on any 2xx. The `Idempotency-Key` lets a
+    /// receiver drop the rare repeat (a watcher stalled past its lease).
+    pub async fn post(
+        &self,
+        client: &reqwest::Client,
+        event: &WorkerEvent,
+    ) -> Result<(), NotDelivered> {
+        let body = super::message::body(event, self.format);
+        let response = client
+            .post(self.url.clone())
+            .header("idempotency-key", format!("{}-{}", self.key, event.id))
+            .header("x-hp-event-id", event.id.to_string())
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| NotDelivered {
+                // Without the URL: reqwest's errors name it, and it is the secret.
+                why: describe(&e.without_url()),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(3600)));
+        let hint = match status.as_u16() {
+            300..=399 => " (a redirect: give the URL it points to)",
+            401 | 403 => " (the receiver refuses: check the URL's token)",
+            404 | 410 => " (no such webhook: check the URL, or make the webhook again)",
+            429 => " (too many requests: slowing down)",
+            _ => "",
+        };
+        Err(NotDelivered {
+            why: format!("the receiver answered {status}{hint}"),
+            retry_after,
+        })
+    }
+}
+
+/// A client for webhooks: bounded, no redirects (a POST is not replayed to
+/// wherever a redirect points).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(POST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!(
+            "heartbeat-sidecar/",
+            env!("CARGO_PKG_VERSION"),
+            " (alerts)"
+        ))
+        .build()
+        .unwrap_or_default()
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error as _;
+    let mut text = if e.is_timeout() {
+        format!("no answer within {} s", POST_TIMEOUT.as_secs())
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "the request failed".to_owned()
+    };
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds() -> Vec<String> {
+        vec!["crashed".into(), "stale".into()]
+    }
+
+    #[test]
+    fn the_url_is_never_shown_and_the_key_depends_on_all_three() {
+        let secret = "https://hooks.slack.com/services/T000/B000/not-a-real-token";
+        let hook = Webhook::parse(secret, AlertFormat::Slack, &kinds()).expect("parse");
+        assert!(
+            hook.shown
+                .starts_with("https://hooks.slack.com/… (webhook "),
+            "{}",
+            hook.shown
+        );
+        assert!(!hook.shown.contains("not-a-real-token") && !hook.key.contains("token"));
+        assert!(!format!("{hook:?}").contains("token"));
+        assert_eq!(hook.key.len(), "webhook-".len() + 32);
+        let same = Webhook::parse(secret, AlertFormat::Slack, &kinds()).expect("parse");
+        assert_eq!(hook.key, same.key, "stable across runs");
+        let json = Webhook::parse(secret, AlertFormat::Json, &kinds()).expect("parse");
+        let fewer = Webhook::parse(secret, AlertFormat::Slack, &kinds()[..1]).expect("parse");
+        let other = Webhook::parse(
+            "https://hooks.slack.com/services/T000/B000/other",
+            AlertFormat::Slack,
+            &kinds(),
+        )
+        .expect("parse");
+        assert_ne!(hook.key, json.key);
+        assert_ne!(hook.key, fewer.key);
+        assert_ne!(hook.key, other.key);
+    }
+
+    #[test]
+    fn bad_urls_say_what_to_give() {
+        let e = Webhook::parse("hooks.slack.com/x", AlertFormat::Json, &kinds())
+            .expect_err("no scheme");
+        assert!(e.contains("give the whole URL"), "{e}");
+        let e =
+            Webhook::parse("ftp://example.com/x", AlertFormat::Json, &kinds()).expect_err("ftp");
+        assert!(e.contains("http:// or https://"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_is_in_clear_unless_loopback() {
+        let at = |u: &str| {
+            Webhook::parse(u, AlertFormat::Json, &kinds())
+                .expect("parse")
+                .in_clear()
+        };
+        assert!(at("http://alerts.example.com/hook"));
+        assert!(!at("http://127.0.0.1:9000/hook"));
+        assert!(!at("http://localhost/hook"));
+        assert!(!at("https://alerts.example.com/hook"));
+    }
+}

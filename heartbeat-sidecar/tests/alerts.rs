@@ -1,0 +1,359 @@
+//! `heartbeat-sidecar alerts` with real parts: the watcher process, real
+//! sidecars whose workers crash, the local store, and an HTTP receiver the
+//! test starts (and stops, to play a webhook that is down).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use hp_heartbeat_tests::eventually::eventually;
+use hp_heartbeat_tests::receiver::{Received, Receiver};
+
+/// Part of the webhook's path that stands for its secret: it must never
+/// reach a log.
+const SECRET_PATH: &str = "/hooks/T0FAKE/B0FAKE/not-a-real-webhook-secret";
+
+/// A watcher process; its stderr goes to a file the test reads as it runs.
+struct Watcher {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Watcher {
+    fn start(db: &Path, url: &str, extra: &[&str], log: PathBuf) -> Watcher {
+        let file = std::fs::File::create(&log).expect("log");
+        let child = common::sidecar()
+            .env("HP_STORE", db)
+            .env("HP_ALERT_WEBHOOKS", url)
+            .env("HP_LOG", "info")
+            .arg("alerts")
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("alerts");
+        Watcher { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then its exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        common::kill(self.child.id() as i32, libc::SIGTERM);
+        let child = &mut self.child;
+        eventually(
+            Duration::from_secs(20),
+            "the watcher ends on SIGTERM",
+            || child.try_wait().ok().flatten(),
+        )
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Who holds the webhook's cursor, read from the store.
+fn holder(db: &Path) -> Option<String> {
+    let conn = rusqlite::Connection::open(db).ok()?;
+    conn.query_row(
+        "select holder from hp_alert_cursor where holder is not null",
+        [],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+/// A worker that starts, writes an error and exits 3: a `crashed` event.
+fn crash(db: &Path, name: &str) {
+    let status = common::sidecar()
+        .env("HP_STORE", db)
+        .env("HP_LOG", "warn")
+        .args(["run", "--name", name, "--"])
+        .args(["sh", "-c", "echo 'Error: boom' >&2; exit 3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the sidecar exits as its worker did"
+    );
+}
+
+fn crashes(received: &[Received], name: &str) -> Vec<Received> {
+    received
+        .iter()
+        .filter(|r| r.json()["worker_name"] == name)
+        .cloned()
+        .collect()
+}
+
+fn wait_for(receiver: &Receiver, name: &str, within: Duration) -> Received {
+    eventually(
+        within,
+        &format!("{name}'s crash reaches the webhook"),
+        || crashes(&receiver.received(), name).into_iter().next(),
+    )
+}
+
+/// The event ids the receiver got, each as many times as it got it.
+fn ids(received: &[Received]) -> Vec<i64> {
+    let mut ids: Vec<i64> = received
+        .iter()
+        .map(|r| r.json()["id"].as_i64().expect("an event id"))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+fn assert_once_each(received: &[Received]) {
+    let all = ids(received);
+    let mut unique = all.clone();
+    unique.dedup();
+    assert_eq!(all, unique, "an event was delivered twice");
+}
+
+#[test]
+fn a_crash_reaches_the_webhook_within_20_s_with_the_defaults() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("heartbeat.db");
+    let receiver = Receiver::start();
+    let watcher = Watcher::start(
+        &db,
+        &receiver.url(SECRET_PATH),
+        &[],
+        dir.path().join("alerts.log"),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the watcher holds the webhook's cursor",
+        || holder(&db),
+    );
+
+    crash(&db, "order-executor");
+    let crashed_at = Instant::now();
+    let got = wait_for(&receiver, "order-executor", Duration::from_secs(40));
+    let took = got.at.saturating_duration_since(crashed_at);
+    assert!(
+        took < Duration::from_secs(20),
+        "the crash took {took:?} to arrive"
+    );
+
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path, SECRET_PATH);
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    let body = got.json();
+    assert_eq!(body["kind"], "crashed", "{body}");
+    assert_eq!(body["detail"]["exit_code"], 3, "{body}");
+    assert!(
+        body["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("order-executor crashed") && t.contains("exit code 3")),
+        "{body}"
+    );
+    let id = body["id"].as_i64().expect("id");
+    assert_eq!(got.header("x-hp-event-id"), Some(id.to_string().as_str()));
+    assert!(
+        got.header("idempotency-key")
+            .is_some_and(|k| k.starts_with("webhook-") && k.ends_with(&format!("-{id}"))),
+        "{:?}",
+        got.headers
+    );
+    // `started` is not among the default kinds: only the crash came.
+    assert_eq!(receiver.received().len(), 1, "{:?}", receiver.received());
+
+    let status = watcher.stop();
+    assert!(
+        status.success(),
+        "SIGTERM ends the watcher with 0: {status:?}"
+    );
+    assert_eq!(holder(&db), None, "it let go of the webhook as it stopped");
+    let log = std::fs::read_to_string(dir.path().join("alerts.log")).expect("log");
+    assert!(log.contains("delivered event"), "{log}");
+    assert!(
+        !log.contains("not-a-real-webhook-secret"),
+        "the webhook's URL reached the log:\n{log}"
+    );
+}
+
+#[test]
+fn a_webhook_down_for_a_minute_gets_every_event_once_when_it_comes_back() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("heartbeat.db");
+    let receiver = Receiver::start();
+    let url = receiver.url(SECRET_PATH);
+    let down = receiver.stop();
+    let watcher = Watcher::start(&db, &url, &["--every", "5s"], dir.path().join("alerts.log"));
+    eventually(
+        Duration::from_secs(30),
+        "the watcher holds the webhook's cursor",
+        || holder(&db),
+    );
+
+    crash(&db, "crawler");
+    eventually(
+        Duration::from_secs(30),
+        "the watcher says the webhook refused",
+        || {
+            watcher
+                .log()
+                .contains("not delivered: cannot connect")
+                .then_some(())
+        },
+    );
+    let went_down = Instant::now();
+    // The scenario itself: the receiver stays down for a minute.
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(went_down.elapsed()));
+    let receiver = Receiver::restart(down).expect("the receiver's port again");
+
+    let first = wait_for(&receiver, "crawler", Duration::from_secs(60));
+    assert_eq!(first.json()["kind"], "crashed");
+    // A sentinel: events go out in order, so once this arrives any repeat of
+    // the first would have arrived before it.
+    crash(&db, "sentinel");
+    wait_for(&receiver, "sentinel", Duration::from_secs(30));
+    let received = receiver.received();
+    assert_eq!(crashes(&received, "crawler").len(), 1, "{received:?}");
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_once_each(&received);
+
+    let log = watcher.log();
+    let failures = log.matches("not delivered").count();
+    assert!(failures >= 3, "retried with backoff, not once:\n{log}");
+    assert!(
+        !log.contains("not-a-real-webhook-secret"),
+        "the webhook's URL reached the log:\n{log}"
+    );
+}
+
+#[test]
+fn two_watchers_deliver_each_event_once_and_one_takes_over_when_the_other_stops() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("heartbeat.db");
+    let receiver = Receiver::start();
+    let url = receiver.url(SECRET_PATH);
+    let every = ["--every", "2s"];
+    let a = Watcher::start(&db, &url, &every, dir.path().join("a.log"));
+    let b = Watcher::start(&db, &url, &every, dir.path().join("b.log"));
+    eventually(
+        Duration::from_secs(30),
+        "one watcher holds the webhook, the other waits",
+        || {
+            let waiting = a.log().contains("takes over if it stops")
+                || b.log().contains("takes over if it stops");
+            holder(&db).filter(|_| waiting)
+        },
+    );
+
+    for name in ["w1", "w2", "w3"] {
+        crash(&db, name);
+    }
+    crash(&db, "sentinel-1");
+    wait_for(&receiver, "sentinel-1", Duration::from_secs(30));
+    for name in ["w1", "w2", "w3"] {
+        assert_eq!(crashes(&receiver.received(), name).len(), 1, "{name}");
+    }
+    assert_once_each(&receiver.received());
+
+    // The holder stops: it lets go, and the other sends from where it was.
+    let held = holder(&db).expect("held");
+    let (stopping, survivor) = if held.ends_with(&format!("pid {}", a.pid())) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(stopping.stop().success());
+    crash(&db, "after-takeover");
+    wait_for(&receiver, "after-takeover", Duration::from_secs(30));
+    assert!(
+        survivor.log().contains("this watcher now sends its events"),
+        "{}",
+        survivor.log()
+    );
+    assert_once_each(&receiver.received());
+
+    // With no watcher running, an event waits in the store; the next
+    // watcher sends it, and nothing it had sent before.
+    assert!(survivor.stop().success());
+    crash(&db, "while-none-ran");
+    let before = receiver.received().len();
+    let _c = Watcher::start(&db, &url, &every, dir.path().join("c.log"));
+    wait_for(&receiver, "while-none-ran", Duration::from_secs(30));
+    crash(&db, "sentinel-2");
+    wait_for(&receiver, "sentinel-2", Duration::from_secs(30));
+    let received = receiver.received();
+    assert_eq!(received.len(), before + 2, "{received:?}");
+    assert_once_each(&received);
+    assert_eq!(
+        received.len(),
+        7,
+        "w1-3, sentinel-1, after-takeover, while-none-ran, sentinel-2"
+    );
+}
+
+#[test]
+fn a_watcher_without_a_webhook_or_with_a_bad_one_says_what_to_give() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("heartbeat.db");
+    let run = |args: &[&str]| {
+        let out = common::sidecar()
+            .env("HP_STORE", &db)
+            .env_remove("HP_ALERT_WEBHOOKS")
+            .arg("alerts")
+            .args(args)
+            .output()
+            .expect("alerts");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("HP_ALERT_WEBHOOKS"), "{err}");
+    let (code, err) = run(&["--webhook", "hooks.example.com/x"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("give the whole URL"), "{err}");
+    let (code, err) = run(&[
+        "--webhook",
+        "https://example.com/x",
+        "--on",
+        "crashed,exploded",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no event kind `exploded`"), "{err}");
+    let (code, err) = run(&[
+        "--webhook",
+        "https://example.com/x",
+        "--prune-gone-for",
+        "10m",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("under an hour"), "{err}");
+    // The help never shows the variable's value: it may hold a secret URL.
+    let out = common::sidecar()
+        .env(
+            "HP_ALERT_WEBHOOKS",
+            "https://example.com/not-a-real-webhook-secret",
+        )
+        .args(["alerts", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("HP_ALERT_WEBHOOKS"), "{help}");
+    assert!(!help.contains("not-a-real-webhook-secret"), "{help}");
+}
