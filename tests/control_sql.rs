@@ -584,8 +584,15 @@ fn functions_are_security_definer_with_an_empty_search_path_and_explicit_grants(
         "hp_rollout_step(",
         "hp_rollout_abort(",
     ];
-    // The sweep and prune: the secret key's (a watcher, pg_cron, the CLI), no one else's.
-    let service_functions = ["hp_sweep(", "hp_prune("];
+    // The sweep, prune and alert cursor: the secret key's (a watcher,
+    // pg_cron, the CLI), no one else's.
+    let service_functions = [
+        "hp_sweep(",
+        "hp_prune(",
+        "hp_alert_claim(",
+        "hp_alert_ack(",
+        "hp_alert_release(",
+    ];
     let mut seen_api = 0;
     for line in rows.lines() {
         assert!(line.contains("search_path=\"\""), "{line}");

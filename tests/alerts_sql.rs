@@ -1,0 +1,216 @@
+//! `sql/20261201000003_hp_alerts.sql` on a real PostgreSQL, called as
+//! PostgREST calls it for the SDK's `Operator` (the claim is the JSON body
+//! the SDK sends): one watcher holds a webhook's cursor at a time, the cursor
+//! starts at the newest event and passes over other kinds, a release hands
+//! it over, and an event committed late is never skipped.
+
+use std::time::{Duration, Instant};
+
+use heartbeat_sdk::sidecar::{AlertBatch, AlertClaim};
+use hp_heartbeat_tests::pg::{self, Database};
+use hp_heartbeat_tests::postgrest_sql;
+use serde_json::{json, Value};
+
+fn migrated(label: &str) -> Option<Database<'static>> {
+    let db = pg::server()?.fresh_database(label);
+    db.migrate(true).expect("migrations apply");
+    Some(db)
+}
+
+fn service() -> Value {
+    json!({"role": "service_role"})
+}
+
+fn claim_for(holder: &str) -> AlertClaim {
+    AlertClaim {
+        sink: "webhook-0123456789abcdef0123456789abcdef".into(),
+        holder: holder.into(),
+        kinds: vec!["crashed".into(), "stale".into()],
+        lease: Duration::from_secs(120),
+        max_events: 100,
+    }
+}
+
+/// `POST /rest/v1/rpc/<function>` with `body`, as service_role.
+fn rpc(db: &Database, claims: &Value, function: &str, body: &Value) -> Result<String, String> {
+    db.as_request(claims, &postgrest_sql::rpc(function, body)?)
+}
+
+fn claim(db: &Database, holder: &str) -> AlertBatch {
+    let body = serde_json::to_value(claim_for(holder)).expect("the SDK's body");
+    let out = rpc(db, &service(), "hp_alert_claim", &body).expect("hp_alert_claim");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"))
+}
+
+fn ack(db: &Database, holder: &str, through: i64) -> bool {
+    let body = json!({"sink": claim_for(holder).sink, "holder": holder, "through": through, "delivered": 1});
+    rpc(db, &service(), "hp_alert_ack", &body).expect("hp_alert_ack") == "t"
+}
+
+fn release(db: &Database, holder: &str) -> bool {
+    let body = json!({"sink": claim_for(holder).sink, "holder": holder});
+    rpc(db, &service(), "hp_alert_release", &body).expect("hp_alert_release") == "t"
+}
+
+fn event(db: &Database, worker: &str, kind: &str) -> i64 {
+    db.sql(&format!(
+        "insert into hp_worker_events (worker_name, kind) values ('{worker}', '{kind}') returning id;"
+    ))
+    .expect("event")
+    .parse()
+    .expect("id")
+}
+
+#[test]
+fn one_watcher_holds_a_webhook_and_hands_it_over() {
+    let Some(db) = migrated("alerts_claim") else {
+        return;
+    };
+    let old = event(&db, "before", "crashed");
+
+    // First claim: the cursor starts at the newest event, sending nothing old.
+    let first = claim(&db, "ops@a pid 1");
+    assert!(first.held, "{first:?}");
+    assert!(
+        first.events.is_empty(),
+        "history is not replayed: {first:?}"
+    );
+    assert_eq!(first.through, old);
+
+    let started = event(&db, "w1", "started");
+    let crashed = event(&db, "w1", "crashed");
+    let stale = event(&db, "w2", "stale");
+    let batch = claim(&db, "ops@a pid 1");
+    let sent: Vec<(i64, &str)> = batch
+        .events
+        .iter()
+        .map(|e| (e.id, e.kind.as_str()))
+        .collect();
+    assert_eq!(
+        sent,
+        [(crashed, "crashed"), (stale, "stale")],
+        "only the kinds asked for"
+    );
+    assert_eq!(batch.through, stale);
+    assert!(started < crashed);
+
+    // Another watcher waits while the lease runs.
+    let other = claim(&db, "ops@b pid 2");
+    assert!(!other.held && other.events.is_empty(), "{other:?}");
+    assert_eq!(other.holder.as_deref(), Some("ops@a pid 1"));
+    assert!(
+        !ack(&db, "ops@b pid 2", stale),
+        "a watcher not holding it cannot move the cursor"
+    );
+
+    assert!(ack(&db, "ops@a pid 1", crashed));
+    let rest = claim(&db, "ops@a pid 1");
+    assert_eq!(
+        rest.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [stale],
+        "after the ack"
+    );
+    assert!(ack(&db, "ops@a pid 1", rest.through));
+    assert!(claim(&db, "ops@a pid 1").events.is_empty());
+    assert_eq!(
+        db.sql("select delivered from hp_alert_cursor;").as_deref(),
+        Ok("2")
+    );
+
+    // A release hands it over at once, at the same place.
+    assert!(release(&db, "ops@a pid 1"));
+    let later = event(&db, "w3", "crashed");
+    let taken = claim(&db, "ops@b pid 2");
+    assert!(taken.held, "{taken:?}");
+    assert_eq!(
+        taken.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [later]
+    );
+
+    // Only the secret key: the other roles can neither claim nor read.
+    for role in [
+        json!({"role": "anon"}),
+        json!({"role": "authenticated", "sub": "6f2c1a7e-0000-4000-8000-000000000009"}),
+    ] {
+        let body = serde_json::to_value(claim_for("intruder")).expect("body");
+        let err = rpc(&db, &role, "hp_alert_claim", &body).expect_err("refused");
+        assert!(err.contains("42501"), "{role}: {err}");
+        let err = db
+            .as_request(&role, "select * from hp_alert_cursor")
+            .expect_err("no reading");
+        assert!(err.contains("42501"), "{role}: {err}");
+    }
+}
+
+#[test]
+fn a_full_batch_moves_the_cursor_only_to_its_last_event() {
+    let Some(db) = migrated("alerts_batch") else {
+        return;
+    };
+    assert!(claim(&db, "w").held);
+    db.sql("insert into hp_worker_events (worker_name, kind) select 'w' || n, 'crashed' from generate_series(1, 150) n;")
+        .expect("events");
+    let batch = claim(&db, "w");
+    assert_eq!(batch.events.len(), 100);
+    assert_eq!(batch.through, batch.events[99].id);
+    assert!(ack(&db, "w", batch.through));
+    let next = claim(&db, "w");
+    assert_eq!(next.events.len(), 50);
+    assert_eq!(next.events[0].id, batch.through + 1);
+}
+
+/// Ids are taken in order and committed in any order. A transaction that
+/// took an id and has not committed when a later event is already visible
+/// must not be skipped: the claim waits for it.
+#[test]
+fn an_event_committed_late_is_never_skipped() {
+    let Some(db) = migrated("alerts_barrier") else {
+        return;
+    };
+    assert!(claim(&db, "w").held);
+    let mut slow = db.session().expect("session");
+    slow.send("begin;\ninsert into hp_worker_events (worker_name, kind) values ('slow', 'crashed');\nselect 'inserted';\n")
+        .expect("slow insert");
+    // The slow insert has its id (and its lock) before the fast one is made.
+    hp_heartbeat_tests::eventually::eventually(
+        Duration::from_secs(10),
+        "the slow transaction has taken its id",
+        || {
+            let pending: i64 = db
+                .sql("select count(*) from pg_locks l join pg_class c on c.oid = l.relation where c.relname = 'hp_worker_events' and l.mode = 'RowExclusiveLock' and l.granted;")
+                .ok()?
+                .parse()
+                .ok()?;
+            (pending > 0).then_some(())
+        },
+    );
+    let fast = event(&db, "fast", "crashed");
+
+    let started = Instant::now();
+    let claimer = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| claim(&db, "w"));
+        // The claim waits behind the open insert...
+        hp_heartbeat_tests::eventually::eventually(
+            Duration::from_secs(10),
+            "the claim waits for the open insert",
+            || {
+                db.sql("select count(*) from pg_locks where mode = 'ShareLock' and not granted;")
+                    .ok()
+                    .filter(|n| n != "0")
+            },
+        );
+        slow.send("commit;\n").expect("commit");
+        waiting.join().expect("claim thread")
+    });
+    let out = slow.finish().expect("session");
+    assert!(out.success, "{}", out.stderr);
+    let ids: Vec<(&str, i64)> = claimer
+        .events
+        .iter()
+        .map(|e| (e.worker_name.as_str(), e.id))
+        .collect();
+    assert_eq!(ids.len(), 2, "both events, the late one too: {ids:?}");
+    assert_eq!(ids[0].0, "slow", "in id order: {ids:?}");
+    assert_eq!(ids[1], ("fast", fast));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
