@@ -357,3 +357,133 @@ fn a_watcher_without_a_webhook_or_with_a_bad_one_says_what_to_give() {
     assert!(help.contains("HP_ALERT_WEBHOOKS"), "{help}");
     assert!(!help.contains("not-a-real-webhook-secret"), "{help}");
 }
+
+/// On Supabase the watcher speaks to PostgREST (mocked: it cannot run
+/// here): the sweep, the claim with the body `hp_alert_claim` takes (the
+/// same body `tests/alerts_sql.rs` runs on PostgreSQL), the POST to the
+/// real receiver, then the acks.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_supabase_the_watcher_sweeps_claims_posts_and_acks_through_postgrest() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    let server = MockServer::start().await;
+    let event = serde_json::json!({
+        "id": 7, "at": "2026-12-01T13:00:00+00:00", "worker_name": "pnl-job", "kind": "crashed",
+        "from_state": "running", "to_state": "crashed", "detail": {"exit_code": 1, "error": "Error: boom"},
+    });
+    Mock::given(method("POST"))
+        .and(path("/rest/v1/rpc/hp_sweep"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!([])))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rest/v1/rpc/hp_alert_claim"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "held": true, "holder": "me", "lease_until": "2026-12-01T13:02:00+00:00",
+            "events": [event], "through": 9,
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/rest/v1/rpc/hp_alert_claim"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "held": true, "holder": "me", "lease_until": "2026-12-01T13:02:00+00:00",
+            "events": [], "through": 9,
+        })))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    for function in ["hp_alert_ack", "hp_alert_release"] {
+        Mock::given(method("POST"))
+            .and(path(format!("/rest/v1/rpc/{function}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(true))
+            .mount(&server)
+            .await;
+    }
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("alerts.log");
+    let mut child = common::sidecar_to(&server)
+        .env("HP_ALERT_WEBHOOKS", receiver.url(SECRET_PATH))
+        .env("HP_LOG", "info")
+        .args(["alerts", "--every", "1s"])
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("alerts");
+    let got = hp_heartbeat_tests::eventually::eventually_async(
+        Duration::from_secs(20),
+        "the event reaches the webhook",
+        || async { receiver.received().into_iter().next() },
+    )
+    .await;
+    assert_eq!(got.json()["worker_name"], "pnl-job");
+    let bodies = |function: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .received_requests()
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.url.path() == format!("/rest/v1/rpc/{function}"))
+                .map(|r| {
+                    assert_eq!(
+                        r.headers.get("apikey").and_then(|v| v.to_str().ok()),
+                        Some(common::SECRET_KEY)
+                    );
+                    serde_json::from_slice::<serde_json::Value>(&r.body).expect("json body")
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let acks = hp_heartbeat_tests::eventually::eventually_async(
+        Duration::from_secs(20),
+        "the delivery and the batch are acknowledged",
+        || async { Some(bodies("hp_alert_ack").await).filter(|a| a.len() >= 2) },
+    )
+    .await;
+    assert_eq!(acks[0]["through"], 7, "{acks:?}");
+    assert_eq!(acks[0]["delivered"], 1, "{acks:?}");
+    assert_eq!(acks[1]["through"], 9, "past the kinds not sent: {acks:?}");
+    assert_eq!(acks[1]["delivered"], 0, "{acks:?}");
+
+    let claims = bodies("hp_alert_claim").await;
+    let claim = &claims[0];
+    assert!(
+        claim["sink"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("webhook-")),
+        "{claim}"
+    );
+    assert!(
+        claim["holder"]
+            .as_str()
+            .is_some_and(|h| h.contains(" pid ")),
+        "{claim}"
+    );
+    assert_eq!(
+        claim["kinds"],
+        serde_json::json!(["breaker_opened", "crashed", "hung", "stale"])
+    );
+    assert_eq!(claim["lease"], "120 seconds");
+    assert_eq!(claim["max_events"], 100);
+    assert!(!bodies("hp_sweep").await.is_empty(), "the sweep ran");
+
+    common::kill(child.id() as i32, libc::SIGTERM);
+    let status = hp_heartbeat_tests::eventually::eventually(
+        Duration::from_secs(20),
+        "the watcher ends",
+        || child.try_wait().ok().flatten(),
+    );
+    assert!(status.success(), "{status:?}");
+    let released = bodies("hp_alert_release").await;
+    assert_eq!(released.len(), 1, "it let go as it stopped");
+    assert_eq!(released[0]["sink"], claim["sink"]);
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(!log.contains("not-a-real-webhook-secret"), "{log}");
+    assert!(!log.contains(common::SECRET_KEY), "{log}");
+}
