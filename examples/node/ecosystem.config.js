@@ -54,6 +54,24 @@ const apps = [
   },
 ];
 
+// With HP_ALERT_WEBHOOKS set (one or more webhook URLs, separated by
+// spaces) the same file also starts the alerts watcher: crashed, stale, hung
+// and circuit-breaker events posted there (docs/alerts.md). A watcher per
+// host is fine: they share each webhook's place in the store, and one sends.
+if (process.env.HP_ALERT_WEBHOOKS) {
+  apps.push({
+    name: 'hp-alerts',
+    script: onPath('heartbeat-sidecar'),
+    interpreter: 'none',
+    exec_mode: 'fork',
+    // The URLs stay in the environment, out of the process list. Add
+    // '--format', 'slack' for Slack or Discord (docs/alerts.md).
+    args: ['alerts'],
+    // It lets go of its webhooks on SIGINT, well within PM2's 1.6 s.
+    kill_timeout: 1600,
+  });
+}
+
 for (const app of apps) {
   if (/^cluster/.test(app.exec_mode || '')) {
     throw new Error(

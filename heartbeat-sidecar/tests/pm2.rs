@@ -123,6 +123,7 @@ impl Pm2 {
             "HP_SHUTDOWN_BUDGET_MS",
             "NODE_APP_INSTANCE",
             "STATE_DIRECTORY",
+            "HP_ALERT_WEBHOOKS",
         ] {
             c.env_remove(var);
         }
@@ -553,6 +554,59 @@ fn a_crash_loop_under_pm2_autorestart_reads_flapping_with_the_stores_restart_cou
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("flapping"), "{text}");
     pm2.run(&["delete", APP]);
+}
+
+/// With `HP_ALERT_WEBHOOKS` set the shipped file also runs the alerts
+/// watcher: a worker killed with SIGKILL reaches a real receiver as a crash,
+/// and `pm2 stop` (SIGINT) ends the watcher letting go of its webhook.
+#[test]
+fn with_a_webhook_set_the_shipped_file_also_runs_the_alerts_watcher() {
+    let Some(pm2) = Pm2::start() else {
+        return;
+    };
+    let receiver = hp_heartbeat_tests::receiver::Receiver::start();
+    let out = pm2
+        .command(&["start", "examples/node/ecosystem.config.js"])
+        .env("HP_ALERT_WEBHOOKS", receiver.url("/hooks/not-a-real-secret"))
+        .output()
+        .expect("pm2 start");
+    assert!(out.status.success(), "{}", both(&out));
+    let names: Vec<String> = pm2
+        .processes()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, [APP, "hp-alerts"], "{}", pm2.logs());
+    let holder = || {
+        let conn = rusqlite::Connection::open(pm2.store()).ok()?;
+        conn.query_row(
+            "select holder from hp_alert_cursor where holder is not null",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+    };
+    poll_until(Duration::from_secs(30), holder)
+        .unwrap_or_else(|| panic!("the watcher never held its webhook:\n{}", pm2.logs()));
+
+    let running = pm2.wait_row(APP, Duration::from_secs(30), running_with_jobs);
+    common::kill(running.pid.expect("worker pid") as i32, libc::SIGKILL);
+    let crash = poll_until(Duration::from_secs(30), || {
+        receiver
+            .received()
+            .into_iter()
+            .find(|r| r.json()["kind"] == "crashed")
+    })
+    .unwrap_or_else(|| panic!("no crash reached the webhook:\n{}", pm2.logs()));
+    let body = crash.json();
+    assert_eq!(body["worker_name"], APP, "{body}");
+    assert_eq!(body["detail"]["exit_signal"], libc::SIGKILL, "{body}");
+
+    pm2.run(&["stop", "hp-alerts"]);
+    poll_until(Duration::from_secs(10), || holder().is_none().then_some(()))
+        .unwrap_or_else(|| panic!("the watcher kept its webhook after pm2 stop:\n{}", pm2.logs()));
+    assert!(!pm2.logs().contains("not-a-real-secret"), "{}", pm2.logs());
+    pm2.run(&["delete", "all"]);
 }
 
 /// docs/development.md's PM2 setup line is the one `.ci/run` runs, so the
