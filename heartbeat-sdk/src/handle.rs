@@ -331,6 +331,17 @@ fn prepare(builder: HeartbeatBuilder) -> Result<BeatLoop, ConfigError> {
     if valid.systemd_watchdog {
         if let Some(socket) = crate::transport::notify::NotifySocket::from_env() {
             shared.progress.ping_systemd(socket);
+            if let Some(every) = shared.progress.keep_alive_every() {
+                let weak = Arc::downgrade(&shared);
+                shared.control.keep_alive_with(
+                    every,
+                    Box::new(move || {
+                        if let Some(shared) = weak.upgrade() {
+                            shared.progress.keep_alive();
+                        }
+                    }),
+                );
+            }
         }
     }
     let identity = Identity {

@@ -567,7 +567,10 @@ fn with_a_webhook_set_the_shipped_file_also_runs_the_alerts_watcher() {
     let receiver = hp_heartbeat_tests::receiver::Receiver::start();
     let out = pm2
         .command(&["start", "examples/node/ecosystem.config.js"])
-        .env("HP_ALERT_WEBHOOKS", receiver.url("/hooks/not-a-real-secret"))
+        .env(
+            "HP_ALERT_WEBHOOKS",
+            receiver.url("/hooks/not-a-real-secret"),
+        )
         .output()
         .expect("pm2 start");
     assert!(out.status.success(), "{}", both(&out));
@@ -603,8 +606,12 @@ fn with_a_webhook_set_the_shipped_file_also_runs_the_alerts_watcher() {
     assert_eq!(body["detail"]["exit_signal"], libc::SIGKILL, "{body}");
 
     pm2.run(&["stop", "hp-alerts"]);
-    poll_until(Duration::from_secs(10), || holder().is_none().then_some(()))
-        .unwrap_or_else(|| panic!("the watcher kept its webhook after pm2 stop:\n{}", pm2.logs()));
+    poll_until(Duration::from_secs(10), || holder().is_none().then_some(())).unwrap_or_else(|| {
+        panic!(
+            "the watcher kept its webhook after pm2 stop:\n{}",
+            pm2.logs()
+        )
+    });
     assert!(!pm2.logs().contains("not-a-real-secret"), "{}", pm2.logs());
     pm2.run(&["delete", "all"]);
 }

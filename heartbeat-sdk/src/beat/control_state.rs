@@ -4,7 +4,7 @@
 //! ones a watch channel; every change wakes both.
 
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -25,6 +25,8 @@ pub(crate) struct ControlState {
     /// How the sidecar honours each verb (it steers a child, not its own
     /// code); `None` for an SDK worker, whose answers come from its questions.
     controls_by_sidecar: Mutex<Option<Map<String, Value>>>,
+    /// systemd's watchdog, kept alive while the worker waits here.
+    keep_alive: OnceLock<KeepAlive>,
 }
 
 #[derive(Debug)]
@@ -73,7 +75,17 @@ impl Default for ControlState {
             asks_exit: AtomicBool::new(false),
             asks_run_now: AtomicBool::new(false),
             controls_by_sidecar: Mutex::new(None),
+            keep_alive: OnceLock::new(),
         }
+    }
+}
+
+/// A ping, and how often a waiting worker must send it.
+struct KeepAlive(Duration, Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for KeepAlive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeepAlive(every {:?})", self.0)
     }
 }
 
@@ -249,18 +261,55 @@ impl ControlState {
     pub fn wait_while_paused(&self) {
         let mut inner = self.lock();
         while Self::paused_and_staying(&inner) {
-            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+            inner = match self.keep_alive.get() {
+                Some(KeepAlive(every, _)) => {
+                    let woken = self
+                        .changed
+                        .wait_timeout(inner, *every)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    self.keep_alive();
+                    woken
+                }
+                None => self.changed.wait(inner).unwrap_or_else(|e| e.into_inner()),
+            };
         }
     }
 
     /// [`wait_while_paused`](Self::wait_while_paused) for async code.
     pub async fn wait_while_paused_async(&self) {
         let mut version = self.version.subscribe();
+        let slice = self.keep_alive_slice();
         while Self::paused_and_staying(&self.lock()) {
-            if version.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = version.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(slice) => {}
             }
+            self.keep_alive();
         }
+    }
+
+    /// While a worker waits here (for its next run, or paused) systemd's
+    /// watchdog is kept alive by `f`, called at least every `every`:
+    /// waiting for the SDK is not being hung.
+    pub fn keep_alive_with(&self, every: Duration, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self
+            .keep_alive
+            .set(KeepAlive(every.max(Duration::from_millis(10)), f));
+    }
+
+    fn keep_alive(&self) {
+        if let Some(KeepAlive(_, f)) = self.keep_alive.get() {
+            f();
+        }
+    }
+
+    /// How long an async wait sleeps between keep-alives: without one, far
+    /// enough never to matter, near enough not to overflow.
+    fn keep_alive_slice(&self) -> Duration {
+        self.keep_alive
+            .get()
+            .map_or(Duration::from_secs(86_400 * 365), |k| k.0)
     }
 
     fn next(&self, inner: &mut Inner, interval: Duration) -> Next {
@@ -289,47 +338,45 @@ impl ControlState {
     /// paused), never while paused otherwise. False when the worker should
     /// exit (drain, restart or shutdown).
     pub fn wait_for_next_run(&self, interval: Duration) -> bool {
+        let slice = self.keep_alive.get().map_or(Duration::MAX, |k| k.0);
         let mut inner = self.lock();
         loop {
-            match self.next(&mut inner, interval) {
+            let wait = match self.next(&mut inner, interval) {
                 Next::Return(run) => return run,
-                Next::WaitForChange => {
-                    inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
-                }
-                Next::WaitUntil(due) => {
-                    let left = due.saturating_duration_since(Instant::now());
-                    inner = self
-                        .changed
-                        .wait_timeout(inner, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            }
+                Next::WaitForChange => slice,
+                Next::WaitUntil(due) => due.saturating_duration_since(Instant::now()).min(slice),
+            };
+            inner = if wait == Duration::MAX {
+                self.changed.wait(inner).unwrap_or_else(|e| e.into_inner())
+            } else {
+                self.changed
+                    .wait_timeout(inner, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            };
+            self.keep_alive();
         }
     }
 
     /// [`wait_for_next_run`](Self::wait_for_next_run) for async code.
     pub async fn wait_for_next_run_async(&self, interval: Duration) -> bool {
         let mut version = self.version.subscribe();
+        let slice = self.keep_alive_slice();
         loop {
             let next = {
                 let mut inner = self.lock();
                 self.next(&mut inner, interval)
             };
-            match next {
+            let until = match next {
                 Next::Return(run) => return run,
-                Next::WaitForChange => {
-                    if version.changed().await.is_err() {
-                        return false;
-                    }
-                }
-                Next::WaitUntil(due) => {
-                    tokio::select! {
-                        changed = version.changed() => if changed.is_err() { return false },
-                        _ = tokio::time::sleep_until(due) => {}
-                    }
-                }
+                Next::WaitForChange => tokio::time::Instant::now() + slice,
+                Next::WaitUntil(due) => due.min(tokio::time::Instant::now() + slice),
+            };
+            tokio::select! {
+                changed = version.changed() => if changed.is_err() { return false },
+                _ = tokio::time::sleep_until(until) => {}
             }
+            self.keep_alive();
         }
     }
 }
@@ -343,6 +390,59 @@ mod tests {
     /// The loop helper on a paused clock: the first run at once, then one
     /// per interval; none while paused; run-now while paused runs exactly one;
     /// a restart ends the loop.
+    /// Under systemd's watchdog a worker waiting here (paused, or between
+    /// runs) keeps it alive at least every period given, on a paused clock:
+    /// an hour paused with a 10 s keep-alive is 360 pings, no fewer.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_worker_keeps_systemds_watchdog_alive() {
+        use std::sync::atomic::AtomicU64;
+        let c = Arc::new(ControlState::default());
+        let pings = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&pings);
+        c.keep_alive_with(
+            Duration::from_secs(10),
+            Box::new(move || {
+                counted.fetch_add(1, Relaxed);
+            }),
+        );
+        c.apply(row(true, 1, 0, 0, 0));
+        let paused = tokio::spawn({
+            let c = Arc::clone(&c);
+            async move { c.wait_while_paused_async().await }
+        });
+        tokio::time::sleep(Duration::from_secs(3600) + Duration::from_millis(1)).await;
+        assert!(!paused.is_finished());
+        assert_eq!(pings.load(Relaxed), 360, "paused an hour");
+        c.apply(row(false, 2, 0, 0, 0));
+        paused.await.expect("resumed");
+
+        pings.store(0, Relaxed);
+        assert!(c.wait_for_next_run_async(Duration::from_secs(60)).await);
+        assert!(c.wait_for_next_run_async(Duration::from_secs(60)).await);
+        assert_eq!(pings.load(Relaxed), 6, "a minute between runs");
+
+        // The blocking twins, on real time: pings while paused, then resume.
+        pings.store(0, Relaxed);
+        let quick = Arc::new(ControlState::default());
+        let counted = Arc::clone(&pings);
+        quick.keep_alive_with(
+            Duration::from_millis(10),
+            Box::new(move || {
+                counted.fetch_add(1, Relaxed);
+            }),
+        );
+        quick.apply(row(true, 1, 0, 0, 0));
+        let waiter = std::thread::spawn({
+            let quick = Arc::clone(&quick);
+            move || quick.wait_while_paused()
+        });
+        while pings.load(Relaxed) < 3 {
+            std::thread::yield_now();
+        }
+        quick.apply(row(false, 2, 0, 0, 0));
+        waiter.join().expect("resumed");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wait_for_next_run_follows_the_control_row() {
         let c = Arc::new(ControlState::default());

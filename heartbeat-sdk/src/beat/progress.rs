@@ -54,6 +54,24 @@ impl Progress {
     pub fn mark(&self) {
         let after = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
         self.last.store(after + 1, Ordering::Relaxed);
+        self.ping(after);
+    }
+
+    /// How often a worker that waits in the SDK (between runs, paused) must
+    /// [`keep_alive`](Self::keep_alive) systemd's watchdog; `None` without one.
+    pub fn keep_alive_every(&self) -> Option<Duration> {
+        self.watchdog.get().map(|w| w.every)
+    }
+
+    /// Pings systemd's watchdog, when due, without counting as progress: the
+    /// worker waits in the SDK for its next run or a resume, which is not
+    /// hung, so systemd must not restart it.
+    pub fn keep_alive(&self) {
+        let after = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.ping(after);
+    }
+
+    fn ping(&self, after: u64) {
         if let Some(w) = self.watchdog.get() {
             let pinged = w.pinged.load(Ordering::Relaxed);
             let due =
