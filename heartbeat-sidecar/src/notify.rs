@@ -16,6 +16,7 @@ pub struct SystemdNotify {
     socket: Arc<NotifySocket>,
     relay: Option<PathBuf>,
     ready: bool,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl SystemdNotify {
@@ -25,6 +26,7 @@ impl SystemdNotify {
             socket,
             relay: None,
             ready: false,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -67,8 +69,14 @@ impl SystemdNotify {
         }
     }
 
+    /// Shutting down: `STOPPING=1`, once.
     pub fn stopping(&self) {
-        let _ = self.socket.send(b"STOPPING=1");
+        if !self
+            .stopping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = self.socket.send(b"STOPPING=1");
+        }
     }
 
     /// Pings systemd's watchdog every half period while the worker showed

@@ -46,6 +46,9 @@ use regex::Regex;
 
 const SIDECAR: &str = env!("CARGO_BIN_EXE_heartbeat-sidecar");
 const UNIT_NAME: &str = "roundtable-worker.service";
+/// Every unit shipped in examples/systemd.
+const UNITS: [&str; 2] = [UNIT_NAME, ALERTS_UNIT];
+const ALERTS_UNIT: &str = "hp-alerts.service";
 /// systemd's PATH for services (DEFAULT_PATH of Debian's systemd 252).
 const SERVICE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -56,12 +59,25 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-fn unit_file() -> PathBuf {
-    repo().join("examples/systemd").join(UNIT_NAME)
+fn unit_file(name: &str) -> PathBuf {
+    repo().join("examples/systemd").join(name)
 }
 
-fn unit_text() -> String {
-    std::fs::read_to_string(unit_file()).expect("the shipped unit")
+fn unit_text(name: &str) -> String {
+    std::fs::read_to_string(unit_file(name)).expect("the shipped unit")
+}
+
+#[test]
+fn every_unit_in_examples_systemd_is_tested_here() {
+    let mut shipped: Vec<String> = std::fs::read_dir(repo().join("examples/systemd"))
+        .expect("examples/systemd")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    let mut known: Vec<String> = UNITS.iter().map(|u| (*u).to_owned()).collect();
+    known.sort();
+    assert_eq!(shipped, known, "a unit this test does not know");
 }
 
 /// Whether `tool` runs; if not, a loud skip or, when required, a failure.
@@ -224,7 +240,9 @@ fn fake_root(exec_path: &str) -> tempfile::TempDir {
     assert!(copied.success(), "copying the host's units");
     let etc = root.path().join("etc/systemd/system");
     std::fs::create_dir_all(&etc).expect("mkdir");
-    std::fs::copy(unit_file(), etc.join(UNIT_NAME)).expect("unit");
+    for unit in UNITS {
+        std::fs::copy(unit_file(unit), etc.join(unit)).expect("unit");
+    }
     let bin = root.path().join(exec_path.trim_start_matches('/'));
     std::fs::create_dir_all(bin.parent().expect("dir")).expect("mkdir");
     std::fs::hard_link(SIDECAR, &bin)
@@ -234,57 +252,80 @@ fn fake_root(exec_path: &str) -> tempfile::TempDir {
 }
 
 #[test]
-fn systemd_accepts_the_unit() {
+fn systemd_accepts_the_units() {
     if !have("systemd-analyze", "systemd") {
         return;
     }
-    let settings = service_settings(&unit_text());
-    let exec_path = split_command(only(&settings, "ExecStart")).remove(0);
-    let root = fake_root(&exec_path);
-    let root_arg = format!("--root={}", root.path().display());
+    for unit in UNITS {
+        let settings = service_settings(&unit_text(unit));
+        let exec_path = split_command(only(&settings, "ExecStart")).remove(0);
+        let root = fake_root(&exec_path);
+        let root_arg = format!("--root={}", root.path().display());
 
-    let out = systemd_analyze(&["verify", "--man=no", &root_arg, UNIT_NAME]);
-    assert!(
-        out.status.success(),
-        "systemd-analyze verify:\n{}",
-        both(&out)
-    );
-    assert_eq!(both(&out).trim(), "", "verify warned");
+        let out = systemd_analyze(&["verify", "--man=no", &root_arg, unit]);
+        assert!(
+            out.status.success(),
+            "systemd-analyze verify {unit}:\n{}",
+            both(&out)
+        );
+        assert_eq!(both(&out).trim(), "", "verify warned on {unit}");
 
-    // The check is real: without the binary the same call fails.
-    std::fs::remove_file(root.path().join(exec_path.trim_start_matches('/'))).expect("rm");
-    let out = systemd_analyze(&["verify", "--man=no", &root_arg, UNIT_NAME]);
-    assert!(!out.status.success(), "verify passed without the sidecar");
-    assert!(both(&out).contains(&exec_path), "{}", both(&out));
+        // The check is real: without the binary the same call fails.
+        std::fs::remove_file(root.path().join(exec_path.trim_start_matches('/'))).expect("rm");
+        let out = systemd_analyze(&["verify", "--man=no", &root_arg, unit]);
+        assert!(
+            !out.status.success(),
+            "verify passed {unit} without the sidecar"
+        );
+        assert!(both(&out).contains(&exec_path), "{}", both(&out));
+    }
 }
 
 #[test]
-fn the_unit_rates_at_most_4_0_and_says_so() {
+fn the_units_rate_at_most_4_0_and_say_so() {
     if !have("systemd-analyze", "systemd") {
         return;
     }
-    let unit = unit_file();
-    let out = systemd_analyze(&[
-        "security",
-        "--offline=yes",
-        "--threshold=40",
-        unit.to_str().expect("utf8"),
-    ]);
-    let report = both(&out);
-    assert!(out.status.success(), "exposure over 4.0:\n{report}");
-    let level =
-        Regex::new(r"Overall exposure level for roundtable-worker\.service: (\d+\.\d) (\w+)")
-            .expect("regex");
-    let caps = level
-        .captures(&report)
-        .unwrap_or_else(|| panic!("no overall level:\n{report}"));
-    let score: f64 = caps[1].parse().expect("score");
-    assert!(score <= 4.0, "{report}");
-    let claim = format!("rates it {} {}", &caps[1], &caps[2]);
-    assert!(
-        unit_text().contains(&claim),
-        "the unit's comment should say `{claim}` (measured):\n{report}"
-    );
+    for unit in UNITS {
+        let file = unit_file(unit);
+        let out = systemd_analyze(&[
+            "security",
+            "--offline=yes",
+            "--threshold=40",
+            file.to_str().expect("utf8"),
+        ]);
+        let report = both(&out);
+        assert!(out.status.success(), "{unit}: exposure over 4.0:\n{report}");
+        let level = Regex::new(&format!(
+            r"Overall exposure level for {}: (\d+\.\d) (\w+)",
+            regex::escape(unit)
+        ))
+        .expect("regex");
+        let caps = level
+            .captures(&report)
+            .unwrap_or_else(|| panic!("no overall level:\n{report}"));
+        let score: f64 = caps[1].parse().expect("score");
+        assert!(score <= 4.0, "{report}");
+        let claim = format!("rates it {} {}", &caps[1], &caps[2]);
+        assert!(
+            unit_text(unit).contains(&claim),
+            "{unit}'s comment should say `{claim}` (measured):\n{report}"
+        );
+    }
+}
+
+/// `Type=notify` with `WatchdogSec=` in both: the sidecar says READY=1,
+/// pings with progress and says STOPPING=1 (run below), the watcher the same
+/// each round.
+#[test]
+fn the_units_are_notify_services_with_a_watchdog() {
+    for unit in UNITS {
+        let settings = service_settings(&unit_text(unit));
+        assert_eq!(only(&settings, "Type"), "notify", "{unit}");
+        assert_eq!(only(&settings, "NotifyAccess"), "main", "{unit}");
+        let watchdog: u64 = only(&settings, "WatchdogSec").parse().expect("seconds");
+        assert!(watchdog >= 30, "{unit}: WatchdogSec={watchdog}");
+    }
 }
 
 // ---- ExecStart= run as systemd would -----------------------------------------
@@ -363,6 +404,8 @@ struct Trace {
     syscalls: BTreeSet<String>,
     families: BTreeSet<String>,
     written: BTreeSet<PathBuf>,
+    /// A mapping asked writable and executable at once.
+    write_exec: bool,
 }
 
 fn read_trace(path: &Path, cwd: &Path) -> Trace {
@@ -375,6 +418,12 @@ fn read_trace(path: &Path, cwd: &Path) -> Trace {
     .expect("regex");
     let mut trace = Trace::default();
     for line in text.lines() {
+        if (line.contains("mmap(") || line.contains("mprotect("))
+            && line.contains("PROT_WRITE")
+            && line.contains("PROT_EXEC")
+        {
+            trace.write_exec = true;
+        }
         if let Some(c) = call.captures(line) {
             trace.syscalls.insert(c[1].to_owned());
         }
@@ -402,7 +451,7 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
     {
         return;
     }
-    let settings = service_settings(&unit_text());
+    let settings = service_settings(&unit_text(UNIT_NAME));
 
     // The places systemd would provide, in a temp dir outside /tmp (the
     // trace tells the private /tmp from the rest).
@@ -438,7 +487,8 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         !Path::new(&env_file[1..]).exists(),
         "{env_file} exists on this host"
     );
-    let env = BTreeMap::from([
+    let systemd = NotifyListener::bind(root.path());
+    let mut env = BTreeMap::from([
         ("PATH".to_owned(), SERVICE_PATH.to_owned()),
         ("HOME".to_owned(), home.display().to_string()),
         ("USER".to_owned(), "worker".to_owned()),
@@ -453,6 +503,7 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
             state_dir.display().to_string(),
         ),
     ]);
+    env.extend(systemd.env(&settings));
 
     let exec_start = only(&settings, "ExecStart");
     assert!(
@@ -481,32 +532,15 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         argv[node] = found.display().to_string();
     }
     let umask = u32::from_str_radix(only(&settings, "UMask"), 8).expect("UMask= in octal");
-
     let trace_file = root.path().join("strace.out");
-    let mut command = Command::new("strace");
-    command
-        .args(["-f", "-qq", "-s", "256", "-o"])
-        .arg(&trace_file);
-    if let Some((name, _, _)) = &as_user {
-        command.args(["-u", name]);
-    }
-    command
-        .arg("--")
-        .args(&argv)
-        .current_dir(&working_dir)
-        .env_clear()
-        .envs(&env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: umask(2) is async-signal-safe and cannot fail.
-    unsafe {
-        command.pre_exec(move || {
-            libc::umask(umask as libc::mode_t);
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("strace");
+    let mut child = spawn_traced(
+        &argv,
+        &env,
+        &working_dir,
+        umask,
+        as_user.as_ref(),
+        &trace_file,
+    );
 
     let db = state_dir.join("heartbeat.db");
     let row = |want: &dyn Fn(&heartbeat_sdk::StatusRow) -> bool| {
@@ -533,6 +567,11 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         0o600,
         "UMask={umask:o}: the store is its user's only"
     );
+
+    // WatchdogSec=: the first ping comes within half of it, as the worker logs.
+    let mut heard = Vec::new();
+    let watchdog: u64 = only(&settings, "WatchdogSec").parse().expect("seconds");
+    systemd.until_heard(&mut heard, "WATCHDOG=1", Duration::from_secs(watchdog));
 
     // KillMode=control-group: SIGTERM to every process of the unit at once.
     let worker = running.pid.expect("worker pid") as i32;
@@ -578,12 +617,263 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         "something wrote into HOME (ProtectHome=yes)"
     );
 
-    // The sandbox, as seen in the trace.
-    let trace = read_trace(&trace_file, &working_dir);
-    let allowed = allowed_syscalls(&settings);
+    // Type=notify, WatchdogSec=: ready once the worker ran, pinged while it
+    // logged its jobs, stopping as it stopped.
+    heard.extend(systemd.heard());
+    assert_eq!(
+        heard.first().map(String::as_str),
+        Some("READY=1"),
+        "{heard:?}"
+    );
+    assert!(heard.iter().any(|m| m == "WATCHDOG=1"), "{heard:?}");
+    assert_eq!(
+        heard.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{heard:?}"
+    );
+    assert_eq!(
+        heard.iter().filter(|m| *m == "STOPPING=1").count(),
+        1,
+        "{heard:?}"
+    );
+
+    assert_stayed_in_sandbox(
+        &settings,
+        &read_trace(&trace_file, &working_dir),
+        &state_dir,
+    );
+}
+
+/// The alerts unit's `ExecStart=`, run as systemd would with its
+/// environment file's webhook pointing at a real receiver: READY=1 after
+/// its first round, a worker's crash delivered, WATCHDOG=1 each round,
+/// SIGTERM ends it with 0 (STOPPING=1, its webhook let go), and the trace
+/// stays inside the sandbox, `MemoryDenyWriteExecute=` included.
+#[test]
+fn the_alerts_units_exec_start_delivers_a_crash_and_stays_in_its_sandbox() {
+    if !have("systemd-analyze", "systemd") || !have("strace", "strace") {
+        return;
+    }
+    let settings = service_settings(&unit_text(ALERTS_UNIT));
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
+    assert_eq!(only(&settings, "StateDirectory"), "hp-heartbeat");
+    let state_dir = root.path().join("var/lib/hp-heartbeat");
+    std::fs::create_dir_all(&state_dir).expect("mkdir");
+    let home = root.path().join("home-of-worker");
+    let as_user = unprivileged_user();
+    if let Some((_, uid, gid)) = &as_user {
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::os::unix::fs::chown(&state_dir, Some(*uid), Some(*gid)).expect("chown");
+    }
+    // EnvironmentFile= is required: the test stands in for it.
+    let env_file = only(&settings, "EnvironmentFile");
+    assert!(
+        !env_file.starts_with('-'),
+        "without a webhook it only exits 2: {env_file}"
+    );
+    let receiver = hp_heartbeat_tests::receiver::Receiver::start();
+    let systemd = NotifyListener::bind(root.path());
+    let mut env = BTreeMap::from([
+        ("PATH".to_owned(), SERVICE_PATH.to_owned()),
+        ("HOME".to_owned(), home.display().to_string()),
+        ("USER".to_owned(), "worker".to_owned()),
+        ("LOGNAME".to_owned(), "worker".to_owned()),
+        ("SHELL".to_owned(), "/bin/sh".to_owned()),
+        (
+            "INVOCATION_ID".to_owned(),
+            format!("{:032x}", fastrand_u128()),
+        ),
+        (
+            "STATE_DIRECTORY".to_owned(),
+            state_dir.display().to_string(),
+        ),
+        (
+            "HP_ALERT_WEBHOOKS".to_owned(),
+            receiver.url("/services/T0FAKE/B0FAKE/not-a-real-secret"),
+        ),
+    ]);
+    env.extend(systemd.env(&settings));
+    let mut argv = expand(split_command(only(&settings, "ExecStart")), &env);
+    assert_eq!(
+        argv[0], "/usr/bin/heartbeat-sidecar",
+        "the path the .deb installs"
+    );
+    argv[0] = SIDECAR.to_owned();
+    let umask = u32::from_str_radix(only(&settings, "UMask"), 8).expect("UMask= in octal");
+    let trace_file = root.path().join("strace.out");
+    let mut child = spawn_traced(
+        &argv,
+        &env,
+        root.path(),
+        umask,
+        as_user.as_ref(),
+        &trace_file,
+    );
+
+    let mut heard = Vec::new();
+    systemd.until_heard(&mut heard, "READY=1", Duration::from_secs(30));
+    let db = state_dir.join("heartbeat.db");
+    let holder = || -> Option<String> {
+        rusqlite::Connection::open(&db)
+            .ok()?
+            .query_row(
+                "select holder from hp_alert_cursor where holder is not null",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+    };
+    let held = eventually(
+        Duration::from_secs(30),
+        "the watcher holds its webhook",
+        holder,
+    );
+
+    // A worker of the same user crashes into the same store.
+    let mut worker = common::sidecar();
+    worker
+        .env("STATE_DIRECTORY", &state_dir)
+        .env("HP_LOG", "warn")
+        .args(["run", "--name", "nightly-pnl", "--", "sh", "-c", "exit 1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some((_, uid, gid)) = &as_user {
+        worker.uid(*uid).gid(*gid);
+    }
+    assert_eq!(worker.status().expect("worker").code(), Some(1));
+    let crash = eventually(
+        Duration::from_secs(40),
+        "the crash reaches the webhook",
+        || receiver.received().into_iter().next(),
+    );
+    let text = crash.json()["text"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.starts_with("*nightly-pnl* crashed"),
+        "--format slack: {text}"
+    );
+    systemd.until_heard(&mut heard, "WATCHDOG=1", Duration::from_secs(60));
+
+    let pid: i32 = held
+        .rsplit(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("pid in holder");
+    common::kill(pid, libc::SIGTERM);
+    let timeout: u64 = only(&settings, "TimeoutStopSec").parse().expect("seconds");
+    let status = eventually(Duration::from_secs(timeout), "the watcher ends", || {
+        child.try_wait().ok().flatten()
+    });
+    let stderr = child.wait_with_output().expect("output").stderr;
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "{status:?}:\n{stderr}");
+    assert!(!stderr.contains("not-a-real-secret"), "{stderr}");
+    heard.extend(systemd.heard());
+    assert_eq!(
+        heard.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{heard:?}"
+    );
+    assert_eq!(holder(), None, "it let go of its webhook");
+
+    assert_stayed_in_sandbox(&settings, &read_trace(&trace_file, root.path()), &state_dir);
+}
+
+/// systemd's side of `NOTIFY_SOCKET`: a datagram socket the test owns.
+struct NotifyListener {
+    socket: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifyListener {
+    fn bind(dir: &Path) -> NotifyListener {
+        let path = dir.join("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+        socket.set_nonblocking(true).expect("nonblocking");
+        // The service's user sends to it, as to systemd's.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        NotifyListener { socket, path }
+    }
+
+    /// What systemd gives a notify service with `WatchdogSec=`.
+    fn env(&self, settings: &[(String, String)]) -> BTreeMap<String, String> {
+        let seconds: u64 = only(settings, "WatchdogSec")
+            .parse()
+            .expect("WatchdogSec= in seconds");
+        BTreeMap::from([
+            ("NOTIFY_SOCKET".to_owned(), self.path.display().to_string()),
+            (
+                "WATCHDOG_USEC".to_owned(),
+                (seconds * 1_000_000).to_string(),
+            ),
+        ])
+    }
+
+    /// Adds what arrives to `heard` until `want` is among it.
+    fn until_heard(&self, heard: &mut Vec<String>, want: &str, within: Duration) {
+        eventually(within, &format!("systemd hears {want}"), || {
+            heard.extend(self.heard());
+            heard.iter().any(|m| m == want).then_some(())
+        });
+    }
+
+    /// Every message received so far, one line each.
+    fn heard(&self) -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        let mut all = Vec::new();
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            all.extend(
+                String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .map(str::to_owned),
+            );
+        }
+        all
+    }
+}
+
+/// `argv` under strace (as `as_user` when root), in systemd's environment
+/// `env` for the service, with its `UMask=`.
+fn spawn_traced(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    working_dir: &Path,
+    umask: u32,
+    as_user: Option<&(String, u32, u32)>,
+    trace_file: &Path,
+) -> std::process::Child {
+    let mut command = Command::new("strace");
+    command
+        .args(["-f", "-qq", "-s", "256", "-o"])
+        .arg(trace_file);
+    if let Some((name, _, _)) = as_user {
+        command.args(["-u", name]);
+    }
+    command
+        .arg("--")
+        .args(argv)
+        .current_dir(working_dir)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: umask(2) is async-signal-safe and cannot fail.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(umask as libc::mode_t);
+            Ok(())
+        });
+    }
+    command.spawn().expect("strace")
+}
+
+/// What the trace shows the unit's processes did, against its sandbox.
+fn assert_stayed_in_sandbox(settings: &[(String, String)], trace: &Trace, state_dir: &Path) {
+    let allowed = allowed_syscalls(settings);
     let denied: Vec<_> = trace.syscalls.difference(&allowed).collect();
     assert!(denied.is_empty(), "SystemCallFilter= would deny {denied:?}");
-    let families: BTreeSet<String> = only(&settings, "RestrictAddressFamilies")
+    let families: BTreeSet<String> = only(settings, "RestrictAddressFamilies")
         .split_whitespace()
         .map(str::to_owned)
         .collect();
@@ -592,13 +882,13 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         refused.is_empty(),
         "RestrictAddressFamilies= would refuse {refused:?}"
     );
-    assert_eq!(only(&settings, "ProtectSystem"), "strict");
-    assert_eq!(only(&settings, "PrivateTmp"), "yes");
+    assert_eq!(only(settings, "ProtectSystem"), "strict");
+    assert_eq!(only(settings, "PrivateTmp"), "yes");
     let outside: Vec<_> = trace
         .written
         .iter()
         .filter(|p| {
-            !(p.starts_with(&state_dir)
+            !(p.starts_with(state_dir)
                 || p.starts_with("/tmp")
                 || p.starts_with("/dev")
                 || p.starts_with("/proc"))
@@ -609,9 +899,15 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         "ProtectSystem=strict would refuse writing {outside:?}"
     );
     assert!(
-        trace.written.iter().any(|p| p.starts_with(&state_dir)),
+        trace.written.iter().any(|p| p.starts_with(state_dir)),
         "the trace saw no write to the store: {trace:?}"
     );
+    if values(settings, "MemoryDenyWriteExecute") == ["yes"] {
+        assert!(
+            !trace.write_exec,
+            "MemoryDenyWriteExecute=yes would refuse a writable and executable mapping"
+        );
+    }
 }
 
 /// `nobody` (name, uid, gid) when the test runs as root; `None` when it
