@@ -1108,7 +1108,7 @@ fn prune_removes_ghosts_with_their_control_rows_and_they_may_come_back() {
 /// docs/status.md's pg_cron line, as written, sweeps in the database: a
 /// silent worker is recorded stale without any watcher.
 #[test]
-fn the_documented_pg_cron_line_records_a_silent_worker_stale() {
+fn the_documented_pg_cron_lines_sweep_a_silent_worker_and_prune_a_ghost() {
     let Some(server) = pg::server() else { return };
     let db = match server.cron_database() {
         Ok(db) => db,
@@ -1150,6 +1150,37 @@ fn the_documented_pg_cron_line_records_a_silent_worker_stale() {
         stale.is_some(),
         "the scheduled sweep did not record it; runs: {runs}"
     );
+
+    // The prune's line: scheduled daily (not waited for); its command, as
+    // pg_cron will run it, removes a worker gone for eight days.
+    let prune = text
+        .lines()
+        .find(|l| l.starts_with("select cron.schedule('hp-prune'"))
+        .expect("the pg_cron prune line in docs/status.md");
+    db.sql(prune).expect("the documented prune line");
+    let (schedule, command) = db
+        .sql("select schedule || '|' || command from cron.job where jobname = 'hp-prune';")
+        .expect("the job")
+        .split_once('|')
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .expect("schedule|command");
+    assert_eq!(schedule, "17 3 * * *");
+    db.sql(&format!(
+        "insert into hp_worker_status (worker_name, instance_id, status) values ('cron-ghost', '{}', 'stopped');
+         set session_replication_role = replica;
+         update hp_worker_status set last_heartbeat = now() - interval '8 days', updated_at = now() - interval '8 days' where worker_name = 'cron-ghost';",
+        instance("cron1")
+    ))
+    .expect("a ghost");
+    db.sql(&format!("{command};")).expect("the scheduled prune");
+    assert_eq!(
+        db.sql("select count(*) from hp_worker_status where worker_name = 'cron-ghost';")
+            .as_deref(),
+        Ok("0"),
+        "pruned"
+    );
+    db.sql("select cron.unschedule('hp-prune');")
+        .expect("unschedule");
 }
 
 /// Every key the SDK serializes is a column, of a type PostgREST converts to

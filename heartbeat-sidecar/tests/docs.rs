@@ -8,7 +8,8 @@
 //! A comment line right before a block says how it runs when not plainly:
 //!
 //! - `<!-- docs-test: background -->`: a worker; it is started, must still be
-//!   running a moment later, and must end cleanly on SIGTERM when the page's
+//!   running a moment later (its row `running`; for the alerts watcher, its
+//!   webhook's cursor held), and must end cleanly on SIGTERM when the page's
 //!   blocks are done.
 //! - `<!-- docs-test: tty -->`: a terminal view; run in tmux, quit with `q`.
 //! - `<!-- docs-test: crontab -->`: crontab lines; their commands are run.
@@ -230,15 +231,30 @@ impl Sandbox {
             .unwrap_or("")
             .to_owned();
         let store = self.state_directory().join("heartbeat.db");
+        let watcher = line.split_whitespace().any(|w| w == "alerts");
         let reported = poll_until(Duration::from_secs(20), || {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("{where_}: `{line}` ended at once: {status}");
+            }
+            if watcher {
+                // The alerts watcher has no row: it is up once it holds its
+                // webhook's cursor.
+                let conn = rusqlite::Connection::open(&store).ok()?;
+                return conn
+                    .query_row(
+                        "select holder from hp_alert_cursor where holder is not null",
+                        [],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .ok()
+                    .map(|_| ());
             }
             heartbeat_sdk::sidecar::SqliteStore::new(&store)
                 .read_all()
                 .ok()?
                 .into_iter()
                 .find(|r| r.worker_name == name && r.status.as_deref() == Some("running"))
+                .map(|_| ())
         });
         assert!(
             reported.is_some(),
