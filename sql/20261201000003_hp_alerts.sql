@@ -48,6 +48,7 @@ returns jsonb
 language plpgsql
 security definer
 set search_path = ''
+set lock_timeout = '200ms'
 as $$
 declare
   cur public.hp_alert_cursor;
@@ -59,6 +60,10 @@ begin
     raise exception 'hp_alert_claim: sink (1-100 characters) and holder (1-200) are required'
       using errcode = '22023';
   end if;
+  if coalesce(cardinality(hp_alert_claim.kinds), 0) = 0 then
+    -- With none, nothing would be sent and the cursor would pass everything.
+    raise exception 'hp_alert_claim: no kinds: name at least one' using errcode = '22023';
+  end if;
   if hp_alert_claim.lease < interval '5 seconds' or hp_alert_claim.max_events not between 1 and 1000 then
     raise exception 'hp_alert_claim: lease % under 5 s or max_events % outside 1-1000',
       hp_alert_claim.lease, hp_alert_claim.max_events using errcode = '22023';
@@ -66,7 +71,9 @@ begin
   -- Ids are taken in order but committed in any order. Once this lock is
   -- held every transaction that took an id has ended (an insert holds ROW
   -- EXCLUSIVE until it commits), so no event can appear below the cursor
-  -- after it moved past. Writers wait for it only as long as this call.
+  -- after it moved past. Writers queue behind a claim that waits for it, so
+  -- it waits at most lock_timeout (set below): then the claim fails
+  -- (55P03) and the watcher tries again next round.
   lock table public.hp_worker_events in share mode;
   select coalesce(max(e.id), 0) into newest from public.hp_worker_events e;
   insert into public.hp_alert_cursor as c (sink, last_event_id, lease)

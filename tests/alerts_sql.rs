@@ -161,7 +161,8 @@ fn a_full_batch_moves_the_cursor_only_to_its_last_event() {
 
 /// Ids are taken in order and committed in any order. A transaction that
 /// took an id and has not committed when a later event is already visible
-/// must not be skipped: the claim waits for it.
+/// must not be skipped: the claim will not pass it (without the SHARE lock
+/// it would answer the later event alone and move the cursor past both).
 #[test]
 fn an_event_committed_late_is_never_skipped() {
     let Some(db) = migrated("alerts_barrier") else {
@@ -186,31 +187,40 @@ fn an_event_committed_late_is_never_skipped() {
     );
     let fast = event(&db, "fast", "crashed");
 
+    // The claim does not pass the open insert: it waits for it at most
+    // lock_timeout (the writers queued behind it must not wait longer), then
+    // fails, leaving the cursor where it was.
+    let body = serde_json::to_value(claim_for("w")).expect("body");
     let started = Instant::now();
-    let claimer = std::thread::scope(|scope| {
-        let waiting = scope.spawn(|| claim(&db, "w"));
-        // The claim waits behind the open insert...
-        hp_heartbeat_tests::eventually::eventually(
-            Duration::from_secs(10),
-            "the claim waits for the open insert",
-            || {
-                db.sql("select count(*) from pg_locks where mode = 'ShareLock' and not granted;")
-                    .ok()
-                    .filter(|n| n != "0")
-            },
-        );
-        slow.send("commit;\n").expect("commit");
-        waiting.join().expect("claim thread")
-    });
+    let err = rpc(&db, &service(), "hp_alert_claim", &body).expect_err("waits, then gives up");
+    assert!(err.contains("55P03"), "lock_timeout: {err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    slow.send("commit;\n").expect("commit");
     let out = slow.finish().expect("session");
     assert!(out.success, "{}", out.stderr);
-    let ids: Vec<(&str, i64)> = claimer
+    let batch = claim(&db, "w");
+    let ids: Vec<(&str, i64)> = batch
         .events
         .iter()
         .map(|e| (e.worker_name.as_str(), e.id))
         .collect();
-    assert_eq!(ids.len(), 2, "both events, the late one too: {ids:?}");
+    assert_eq!(ids.len(), 2, "the late one too: {ids:?}");
     assert_eq!(ids[0].0, "slow", "in id order: {ids:?}");
     assert_eq!(ids[1], ("fast", fast));
-    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_claim_without_kinds_is_refused() {
+    let Some(db) = migrated("alerts_kinds") else {
+        return;
+    };
+    let mut body = serde_json::to_value(claim_for("w")).expect("body");
+    body["kinds"] = json!([]);
+    let err = rpc(&db, &service(), "hp_alert_claim", &body).expect_err("no kinds");
+    assert!(err.contains("22023") && err.contains("no kinds"), "{err}");
 }

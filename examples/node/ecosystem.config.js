@@ -62,13 +62,14 @@ if (process.env.HP_ALERT_WEBHOOKS) {
   apps.push({
     name: 'hp-alerts',
     script: onPath('heartbeat-sidecar'),
-    interpreter: 'none',
-    exec_mode: 'fork',
-    // The URLs stay in the environment, out of the process list. Add
-    // '--format', 'slack' for Slack or Discord (docs/alerts.md).
+    interpreter: 'none', // fork mode, PM2's default: one watcher per host is enough
+    // The URLs stay in the environment, out of the process list (the
+    // sidecar keeps them from the worker). Slack and Discord URLs get their
+    // own message format by themselves (docs/alerts.md).
     args: ['alerts'],
-    // It lets go of its webhooks on SIGINT, well within PM2's 1.6 s.
-    kill_timeout: 1600,
+    // On SIGINT it finishes the post in hand (at most 10 s), then lets go of
+    // its webhooks so another watcher takes over at once.
+    kill_timeout: 15000,
   });
 }
 

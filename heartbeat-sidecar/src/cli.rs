@@ -89,7 +89,7 @@ pub enum Command {
     #[command(after_help = KEY_HELP)]
     Prune(PruneArgs),
     /// Post each new event of the kinds chosen to webhooks (JSON, or a
-    /// Slack/Discord message): a small watcher that runs the sweep every
+    /// Slack or Discord message): a small watcher that runs the sweep every
     /// 15 s, retries with backoff and keeps its place in the store, so an
     /// event is delivered once even across restarts or with two watchers.
     #[command(after_help = ALERTS_HELP)]
@@ -98,7 +98,7 @@ pub enum Command {
 
 const ALERTS_HELP: &str = "A webhook URL from Slack or Discord is a secret: pass it in HP_ALERT_WEBHOOKS \
 (several separated by spaces) from a file only you can read, rather than --webhook, which any user can see in \
-the process list. For Discord, add /slack to the webhook URL and use --format slack. Each webhook keeps its \
+the process list. Slack and Discord URLs get their own message format by themselves. Each webhook keeps its \
 place in the store (hp_alert_cursor: apply sql/20261201000003_hp_alerts.sql on Supabase), so a restart resumes \
 where it stopped and a second watcher with the same webhooks waits to take over. Runs until SIGTERM or Ctrl-C; \
 under systemd it says READY=1 and pings WatchdogSec= each round. See docs/alerts.md.\n\n\
@@ -318,16 +318,9 @@ pub struct PruneArgs {
 
 #[derive(Debug, Args)]
 pub struct AlertsArgs {
-    /// A webhook to post to (repeat for several; http or https) [env:
-    /// HP_ALERT_WEBHOOKS, separated by spaces]
-    #[arg(
-        long = "webhook",
-        value_name = "URL",
-        env = "HP_ALERT_WEBHOOKS",
-        value_delimiter = ' ',
-        hide_env = true,
-        hide_env_values = true
-    )]
+    /// A webhook to post to (repeat for several; http or https). Without
+    /// it, those in HP_ALERT_WEBHOOKS, separated by spaces or newlines
+    #[arg(long = "webhook", value_name = "URL")]
     pub webhooks: Vec<String>,
     /// The kinds of event to send, comma-separated: any of started, stopped,
     /// crashed, vanished, stale, hung, recovered, breaker (opened),
@@ -340,11 +333,18 @@ pub struct AlertsArgs {
         value_parser = parse_kinds
     )]
     pub kinds: AlertKinds,
-    /// `json` (the event, as `events --json` prints it, plus a `text` line)
-    /// or `slack` (a Slack message; Discord takes it at its webhook URL + /slack).
-    #[arg(long, value_name = "json|slack", default_value = "json", value_enum)]
+    /// `json` (the event, as `events --json` prints it, plus a `text` line),
+    /// `slack` (a Slack message), `discord` (a Discord message, mentions
+    /// off), or `auto`: slack for hooks.slack.com, discord for discord.com,
+    /// json for any other URL.
+    #[arg(
+        long,
+        value_name = "auto|json|slack|discord",
+        default_value = "auto",
+        value_enum
+    )]
     pub format: AlertFormat,
-    /// How often the sweep runs and new events are looked for.
+    /// How often the sweep runs (new events are looked for every 5 s, or this when shorter).
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub every: std::time::Duration,
     /// Also remove workers not seen for this long, once an hour (at least 1h; e.g. 7d).
@@ -357,8 +357,10 @@ pub struct AlertsArgs {
 /// How `alerts` writes each event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AlertFormat {
+    Auto,
     Json,
     Slack,
+    Discord,
 }
 
 /// The event kinds `alerts --on` names, in the store's words, sorted.

@@ -251,6 +251,9 @@ impl Launcher {
         if let Some(path) = &self.socket {
             command.env("HP_SIDECAR_SOCKET", path);
         }
+        // The alerts watcher's webhook URLs are secrets; PM2 hands the same
+        // environment to every app of a file, the worker needs none of them.
+        command.env_remove("HP_ALERT_WEBHOOKS");
         if let Some(path) = &self.notify_socket {
             // WATCHDOG_PID names the sidecar: the worker's own pings, if it
             // sends any, go through the relay.

@@ -256,10 +256,13 @@ impl Sandbox {
                 .find(|r| r.worker_name == name && r.status.as_deref() == Some("running"))
                 .map(|_| ())
         });
-        assert!(
-            reported.is_some(),
-            "{where_}: `{line}` never reported as {name:?} running"
-        );
+        if reported.is_none() {
+            // Not left running after the test: its whole group goes.
+            // SAFETY: kill(2) on the group this test made; no memory involved.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            panic!("{where_}: `{line}` never reported as {name:?} running");
+        }
         self.background.push((format!("{where_}: `{line}`"), child));
     }
 

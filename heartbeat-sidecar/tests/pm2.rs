@@ -593,7 +593,15 @@ fn with_a_webhook_set_the_shipped_file_also_runs_the_alerts_watcher() {
         .unwrap_or_else(|| panic!("the watcher never held its webhook:\n{}", pm2.logs()));
 
     let running = pm2.wait_row(APP, Duration::from_secs(30), running_with_jobs);
-    common::kill(running.pid.expect("worker pid") as i32, libc::SIGKILL);
+    let worker = running.pid.expect("worker pid");
+    // PM2 gave the secret to every app of the file; the sidecar keeps it
+    // from its worker.
+    let environ = std::fs::read(format!("/proc/{worker}/environ")).expect("environ");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("HP_ALERT_WEBHOOKS"),
+        "the worker got the webhook URLs"
+    );
+    common::kill(worker as i32, libc::SIGKILL);
     let crash = poll_until(Duration::from_secs(30), || {
         receiver
             .received()

@@ -21,6 +21,8 @@ pub struct Received {
     /// Names lower-cased.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -109,6 +111,15 @@ impl Receiver {
     /// Answers every request from now on with `code`.
     pub fn answer_with(&self, code: u16) {
         self.status.store(code, Ordering::SeqCst);
+    }
+
+    /// What was answered 2xx so far, oldest first: what the sender may
+    /// count as delivered.
+    pub fn delivered(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .collect()
     }
 
     /// What arrived so far (answered or not), oldest first.
@@ -204,5 +215,6 @@ fn serve(mut stream: TcpStream, status: u16) -> Option<Received> {
         path,
         headers,
         body,
+        status,
     })
 }

@@ -28,6 +28,12 @@ pub(crate) fn claim(
     claim: &AlertClaim,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<AlertBatch> {
+    if claim.kinds.is_empty() {
+        // With none, nothing would be sent and the cursor would pass everything.
+        return Err(rusqlite::Error::InvalidParameterName(
+            "hp_alert_claim: no kinds: name at least one".into(),
+        ));
+    }
     let newest: i64 = tx.query_row(
         "select coalesce(max(id), 0) from hp_worker_events",
         [],

@@ -21,6 +21,14 @@ pub fn body(event: &WorkerEvent, format: AlertFormat) -> Value {
             value
         }
         AlertFormat::Slack => json!({ "text": slack_text(event) }),
+        // Mentions off: nothing a worker wrote can ping anyone.
+        AlertFormat::Discord => json!({
+            "content": bounded(&format!("**{}**{}", event.worker_name,
+                text(event).strip_prefix(event.worker_name.as_str()).unwrap_or_default())),
+            "allowed_mentions": { "parse": [] },
+        }),
+        // Decided per webhook before a body is made; plain JSON otherwise.
+        AlertFormat::Auto => body(event, AlertFormat::Json),
     }
 }
 
@@ -128,6 +136,17 @@ mod tests {
         assert!(
             text.ends_with("(event 42, 2026-12-01 13:00:00 UTC)"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn discord_allows_no_mentions() {
+        let body = body(&crash("@everyone <@&123> look"), AlertFormat::Discord);
+        assert_eq!(body["allowed_mentions"], json!({"parse": []}));
+        let content = body["content"].as_str().expect("content");
+        assert!(
+            content.starts_with("**order-executor** crashed: "),
+            "{content}"
         );
     }
 

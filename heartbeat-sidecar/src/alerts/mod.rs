@@ -19,6 +19,10 @@ use crate::cli::AlertsArgs;
 use crate::exit::{Exit, USAGE};
 use webhook::Webhook;
 
+/// The webhooks, when no `--webhook` is given: a secret kept out of `ps`.
+const WEBHOOKS_VAR: &str = "HP_ALERT_WEBHOOKS";
+/// New events are looked for this often (or every `--every`, when shorter).
+const LOOK_EVERY: Duration = Duration::from_secs(5);
 /// At most this many events per claim; a full batch is followed at once.
 const BATCH: u32 = 100;
 /// A failing webhook is retried after 1 s, 2 s, 4 s... up to this.
@@ -50,8 +54,15 @@ impl Watcher {
     fn new(args: AlertsArgs) -> Result<Watcher, String> {
         let kinds = args.kinds.0;
         let mut webhooks: Vec<Arc<Webhook>> = Vec::new();
-        for text in args.webhooks.iter().filter(|w| !w.trim().is_empty()) {
-            let hook = Webhook::parse(text, args.format, &kinds)?;
+        let from_env = std::env::var(WEBHOOKS_VAR).unwrap_or_default();
+        // Spaces, tabs or newlines between them: a URL has none.
+        let given: Vec<&str> = if args.webhooks.is_empty() {
+            from_env.split_whitespace().collect()
+        } else {
+            args.webhooks.iter().map(String::as_str).collect()
+        };
+        for text in given.into_iter().filter(|w| !w.trim().is_empty()) {
+            let hook = Webhook::parse(text, args.format)?;
             if !webhooks.iter().any(|h| h.key == hook.key) {
                 webhooks.push(Arc::new(hook));
             }
@@ -86,10 +97,13 @@ impl Watcher {
             // taken within minutes.
             lease: (args.every * 4).max(Duration::from_secs(120)),
             prune_gone_for,
+            // The random part tells apart two containers that are both
+            // root@same-host pid 1.
             holder: format!(
-                "{} pid {}",
+                "{} pid {} ({:04x})",
                 crate::fleet::declared_actor(),
-                std::process::id()
+                std::process::id(),
+                fastrand::u16(..)
             ),
         })
     }
@@ -125,7 +139,7 @@ impl Watcher {
                     lease: self.lease,
                     max_events: BATCH,
                 },
-                every: self.every,
+                every: self.every.min(LOOK_EVERY),
                 swept: Arc::clone(&swept),
                 stop: stop.clone(),
             };
@@ -154,16 +168,35 @@ impl Watcher {
             tasks.abort_all();
         }
         sweeper.abort();
+        // Another watcher takes over now rather than after the lease; all
+        // at once, so many webhooks stop as fast as one.
+        let mut releases = tokio::task::JoinSet::new();
         for hook in &self.webhooks {
-            // Another watcher takes over now rather than after the lease.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                self.operator.alert_release(&hook.key, &self.holder),
-            )
-            .await;
+            let (operator, key, holder) = (
+                Arc::clone(&self.operator),
+                hook.key.clone(),
+                self.holder.clone(),
+            );
+            releases.spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    operator.alert_release(&key, &holder),
+                )
+                .await;
+            });
         }
+        while releases.join_next().await.is_some() {}
         Exit::Code(0)
     }
+}
+
+/// How long before the next try: the backoff, or longer when the receiver
+/// asks (`Retry-After`), never less than a second: a `Retry-After: 0` must
+/// not make a busy loop.
+fn retry_wait(backoff: Duration, retry_after: Option<Duration>) -> Duration {
+    backoff
+        .max(retry_after.unwrap_or_default())
+        .max(Duration::from_secs(1))
 }
 
 async fn wait_for_stop() -> &'static str {
@@ -354,9 +387,7 @@ impl Delivery {
                 return Round::Done { full: false };
             }
             if let Err(e) = self.webhook.post(&self.client, event).await {
-                let wait = e
-                    .retry_after
-                    .unwrap_or_else(|| backoff.next_delay(rng.f64()));
+                let wait = retry_wait(backoff.next_delay(rng.f64()), e.retry_after);
                 tracing::warn!(
                     "{}: event {} ({} {}) not delivered: {}; next try in {}",
                     self.webhook.shown,
@@ -412,7 +443,7 @@ impl Delivery {
                     );
                     return false;
                 }
-                Err(e) if tokio::time::Instant::now() >= give_up => {
+                Err(e) if tokio::time::Instant::now() >= give_up || *self.stop.borrow() => {
                     tracing::warn!(
                         "{}: delivered up to event {through} but the store did not record it ({e}): those may be sent again",
                         self.webhook.shown
@@ -422,5 +453,19 @@ impl Delivery {
                 Err(_) => tokio::time::sleep(backoff.next_delay(rng.f64())).await,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receiver_may_slow_the_retries_but_never_speed_them_up() {
+        let s = Duration::from_secs;
+        assert_eq!(retry_wait(s(4), None), s(4));
+        assert_eq!(retry_wait(s(4), Some(s(0))), s(4), "Retry-After: 0");
+        assert_eq!(retry_wait(Duration::from_millis(500), Some(s(0))), s(1));
+        assert_eq!(retry_wait(s(4), Some(s(120))), s(120));
     }
 }

@@ -13,7 +13,7 @@ pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Webhook {
     url: reqwest::Url,
     format: AlertFormat,
-    /// The cursor's key in the store: a SHA-256 of URL, format and kinds.
+    /// The cursor's key in the store: a SHA-256 of the URL.
     pub key: String,
     /// Scheme, host and port only, for logs: "https://hooks.slack.com/… (webhook 1a2b3c4d)".
     pub shown: String,
@@ -34,8 +34,9 @@ pub struct NotDelivered {
 }
 
 impl Webhook {
-    /// `text` as given to `--webhook`; `kinds` those `--on` names (sorted).
-    pub fn parse(text: &str, format: AlertFormat, kinds: &[String]) -> Result<Webhook, String> {
+    /// `text` as given to `--webhook`; `format` as `--format` says (`auto`
+    /// is decided here, by the URL's host).
+    pub fn parse(text: &str, format: AlertFormat) -> Result<Webhook, String> {
         let url = reqwest::Url::parse(text.trim()).map_err(|e| {
             format!(
                 "a webhook is not a URL ({e}): give the whole URL, e.g. https://hooks.slack.com/services/..."
@@ -51,13 +52,22 @@ impl Webhook {
             // Allowed (some receivers use basic auth), but never shown.
             tracing::debug!("a webhook URL carries credentials");
         }
-        let format_name = match format {
-            AlertFormat::Json => "json",
-            AlertFormat::Slack => "slack",
+        let format = match format {
+            AlertFormat::Auto => match url.host_str().unwrap_or_default() {
+                "hooks.slack.com" => AlertFormat::Slack,
+                "discord.com" | "discordapp.com" if url.path().ends_with("/slack") => {
+                    AlertFormat::Slack
+                }
+                "discord.com" | "discordapp.com" => AlertFormat::Discord,
+                _ => AlertFormat::Json,
+            },
+            chosen => chosen,
         };
+        // The cursor is the URL's alone: a watcher started again with other
+        // --on kinds or --format goes on from where the last one stopped.
         let digest = ring::digest::digest(
             &ring::digest::SHA256,
-            format!("hp-alerts v1\n{format_name}\n{}\n{url}", kinds.join(",")).as_bytes(),
+            format!("hp-alerts v1\n{url}").as_bytes(),
         );
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let key = format!("webhook-{}", &hex[..32]);
@@ -119,6 +129,7 @@ impl Webhook {
             .map(|s| Duration::from_secs(s.min(3600)));
         let hint = match status.as_u16() {
             300..=399 => " (a redirect: give the URL it points to)",
+            400 => " (the receiver refuses the body: check --format)",
             401 | 403 => " (the receiver refuses: check the URL's token)",
             404 | 410 => " (no such webhook: check the URL, or make the webhook again)",
             429 => " (too many requests: slowing down)",
@@ -172,14 +183,10 @@ fn describe(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
-    fn kinds() -> Vec<String> {
-        vec!["crashed".into(), "stale".into()]
-    }
-
     #[test]
-    fn the_url_is_never_shown_and_the_key_depends_on_all_three() {
+    fn the_url_is_never_shown_and_the_key_is_the_urls() {
         let secret = "https://hooks.slack.com/services/T000/B000/not-a-real-token";
-        let hook = Webhook::parse(secret, AlertFormat::Slack, &kinds()).expect("parse");
+        let hook = Webhook::parse(secret, AlertFormat::Auto).expect("parse");
         assert!(
             hook.shown
                 .starts_with("https://hooks.slack.com/… (webhook "),
@@ -189,35 +196,48 @@ mod tests {
         assert!(!hook.shown.contains("not-a-real-token") && !hook.key.contains("token"));
         assert!(!format!("{hook:?}").contains("token"));
         assert_eq!(hook.key.len(), "webhook-".len() + 32);
-        let same = Webhook::parse(secret, AlertFormat::Slack, &kinds()).expect("parse");
-        assert_eq!(hook.key, same.key, "stable across runs");
-        let json = Webhook::parse(secret, AlertFormat::Json, &kinds()).expect("parse");
-        let fewer = Webhook::parse(secret, AlertFormat::Slack, &kinds()[..1]).expect("parse");
+        let json = Webhook::parse(secret, AlertFormat::Json).expect("parse");
+        assert_eq!(hook.key, json.key, "another format keeps the place");
         let other = Webhook::parse(
             "https://hooks.slack.com/services/T000/B000/other",
             AlertFormat::Slack,
-            &kinds(),
         )
         .expect("parse");
-        assert_ne!(hook.key, json.key);
-        assert_ne!(hook.key, fewer.key);
         assert_ne!(hook.key, other.key);
     }
 
     #[test]
+    fn auto_picks_the_format_the_host_takes() {
+        let format = |u: &str| Webhook::parse(u, AlertFormat::Auto).expect("parse").format;
+        assert_eq!(
+            format("https://hooks.slack.com/services/T/B/x"),
+            AlertFormat::Slack
+        );
+        assert_eq!(
+            format("https://discord.com/api/webhooks/1/x"),
+            AlertFormat::Discord
+        );
+        assert_eq!(
+            format("https://discord.com/api/webhooks/1/x/slack"),
+            AlertFormat::Slack
+        );
+        assert_eq!(format("https://alerts.example.com/hook"), AlertFormat::Json);
+        let chosen = Webhook::parse("https://hooks.slack.com/x", AlertFormat::Json).expect("parse");
+        assert_eq!(chosen.format, AlertFormat::Json, "a chosen format stays");
+    }
+
+    #[test]
     fn bad_urls_say_what_to_give() {
-        let e = Webhook::parse("hooks.slack.com/x", AlertFormat::Json, &kinds())
-            .expect_err("no scheme");
+        let e = Webhook::parse("hooks.slack.com/x", AlertFormat::Json).expect_err("no scheme");
         assert!(e.contains("give the whole URL"), "{e}");
-        let e =
-            Webhook::parse("ftp://example.com/x", AlertFormat::Json, &kinds()).expect_err("ftp");
+        let e = Webhook::parse("ftp://example.com/x", AlertFormat::Json).expect_err("ftp");
         assert!(e.contains("http:// or https://"), "{e}");
     }
 
     #[test]
     fn plain_http_is_in_clear_unless_loopback() {
         let at = |u: &str| {
-            Webhook::parse(u, AlertFormat::Json, &kinds())
+            Webhook::parse(u, AlertFormat::Json)
                 .expect("parse")
                 .in_clear()
         };
