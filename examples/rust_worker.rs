@@ -7,6 +7,8 @@
 //!     cargo run --example rust_worker            # name: example-rust-worker
 //!     HP_WORKER_NAME=orders cargo run --example rust_worker
 //!
+//! Under systemd: examples/systemd/rust-worker.service (`WatchdogSec=30`).
+//!
 //! With `HP_EXAMPLE_TIMINGS=1` it prints how long each job's bookkeeping
 //! kept the worker's thread, as `job N took NS ns` on stdout:
 //! `scripts/soak.sh` checks that reporting never makes the worker wait.
@@ -44,6 +46,9 @@ fn main() -> ExitCode {
             } else {
                 heartbeat_sdk::increment_job();
             }
+            // Not stuck: under systemd's WatchdogSec= this is what pings it
+            // (waiting for the next run or a resume keeps it alive too).
+            hb.progress();
             if timings {
                 println!("job {job} took {} ns", started.elapsed().as_nanos());
             }

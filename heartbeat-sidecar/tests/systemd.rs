@@ -47,8 +47,10 @@ use regex::Regex;
 const SIDECAR: &str = env!("CARGO_BIN_EXE_heartbeat-sidecar");
 const UNIT_NAME: &str = "roundtable-worker.service";
 /// Every unit shipped in examples/systemd.
-const UNITS: [&str; 2] = [UNIT_NAME, ALERTS_UNIT];
+const UNITS: [&str; 3] = [UNIT_NAME, ALERTS_UNIT, RUST_UNIT];
 const ALERTS_UNIT: &str = "hp-alerts.service";
+/// examples/rust_worker.rs, reporting with the SDK (no sidecar).
+const RUST_UNIT: &str = "rust-worker.service";
 /// systemd's PATH for services (DEFAULT_PATH of Debian's systemd 252).
 const SERVICE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -314,14 +316,20 @@ fn the_units_rate_at_most_4_0_and_say_so() {
     }
 }
 
-/// `Type=notify` with `WatchdogSec=` in both: the sidecar says READY=1,
-/// pings with progress and says STOPPING=1 (run below), the watcher the same
-/// each round.
+/// `WatchdogSec=` in each: the sidecar (`Type=notify`) says READY=1, pings
+/// with progress and says STOPPING=1, the watcher the same each round, the
+/// SDK pings from `progress()` (each run below).
 #[test]
 fn the_units_are_notify_services_with_a_watchdog() {
     for unit in UNITS {
         let settings = service_settings(&unit_text(unit));
-        assert_eq!(only(&settings, "Type"), "notify", "{unit}");
+        // The SDK sends no READY=1 (the worker's code knows when it is ready).
+        let kind = if unit == RUST_UNIT {
+            "simple"
+        } else {
+            "notify"
+        };
+        assert_eq!(only(&settings, "Type"), kind, "{unit}");
         assert_eq!(only(&settings, "NotifyAccess"), "main", "{unit}");
         let watchdog: u64 = only(&settings, "WatchdogSec").parse().expect("seconds");
         assert!(watchdog >= 30, "{unit}: WatchdogSec={watchdog}");
@@ -773,6 +781,164 @@ fn the_alerts_units_exec_start_delivers_a_crash_and_stays_in_its_sandbox() {
         "{heard:?}"
     );
     assert_eq!(holder(), None, "it let go of its webhook");
+
+    assert_stayed_in_sandbox(&settings, &read_trace(&trace_file, root.path()), &state_dir);
+}
+
+/// examples/rust_worker.rs, as `cargo test --workspace` builds it (next to
+/// this test's own binary); `None`, said loudly, when it was not built.
+fn rust_worker_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let found = exe.parent()?.parent()?.join("examples/rust_worker");
+    if found.is_file() {
+        return Some(found);
+    }
+    let why = format!(
+        "{} not built (cargo test --workspace builds it)",
+        found.display()
+    );
+    if std::env::var("HP_REQUIRE_SYSTEMD").as_deref() == Ok("1") {
+        panic!("HP_REQUIRE_SYSTEMD=1 but {why}");
+    }
+    loud_skip(&format!("systemd test of {RUST_UNIT}: {why}"));
+    None
+}
+
+/// The SDK worker's unit, its `ExecStart=` run as systemd would: the row in
+/// `$STATE_DIRECTORY`, WATCHDOG=1 from `hb.progress()` as it works, and
+/// still while it is paused (waiting for a resume is not hung); SIGTERM
+/// ends it `stopped` with 0; the trace stays inside the sandbox.
+#[test]
+fn the_rust_workers_unit_pings_while_it_works_and_while_paused() {
+    if !have("systemd-analyze", "systemd") || !have("strace", "strace") {
+        return;
+    }
+    let Some(binary) = rust_worker_binary() else {
+        return;
+    };
+    let settings = service_settings(&unit_text(RUST_UNIT));
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
+    let state_dir = root.path().join("var/lib/hp-heartbeat");
+    std::fs::create_dir_all(&state_dir).expect("mkdir");
+    let as_user = unprivileged_user();
+    if let Some((_, uid, gid)) = &as_user {
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::os::unix::fs::chown(&state_dir, Some(*uid), Some(*gid)).expect("chown");
+    }
+    let env_file = only(&settings, "EnvironmentFile");
+    assert!(env_file.starts_with('-'), "optional: {env_file}");
+    let systemd = NotifyListener::bind(root.path());
+    let mut env = BTreeMap::from([
+        ("PATH".to_owned(), SERVICE_PATH.to_owned()),
+        (
+            "HOME".to_owned(),
+            root.path().join("home").display().to_string(),
+        ),
+        ("USER".to_owned(), "worker".to_owned()),
+        ("LOGNAME".to_owned(), "worker".to_owned()),
+        ("SHELL".to_owned(), "/bin/sh".to_owned()),
+        (
+            "INVOCATION_ID".to_owned(),
+            format!("{:032x}", fastrand_u128()),
+        ),
+        (
+            "STATE_DIRECTORY".to_owned(),
+            state_dir.display().to_string(),
+        ),
+    ]);
+    for line in values(&settings, "Environment") {
+        let (k, v) = line.split_once('=').expect("Environment=K=V");
+        env.insert(k.to_owned(), v.to_owned());
+    }
+    // The control poll as often as a beat, so the pause lands soon.
+    env.insert("HP_CONTROL_POLL_SECS".to_owned(), "1".to_owned());
+    env.extend(systemd.env(&settings));
+    let mut argv = expand(split_command(only(&settings, "ExecStart")), &env);
+    assert_eq!(
+        argv[0], "/usr/local/bin/rust-worker",
+        "where its comment installs it"
+    );
+    argv[0] = binary.display().to_string();
+    let umask = u32::from_str_radix(only(&settings, "UMask"), 8).expect("UMask= in octal");
+    let trace_file = root.path().join("strace.out");
+    let mut child = spawn_traced(
+        &argv,
+        &env,
+        root.path(),
+        umask,
+        as_user.as_ref(),
+        &trace_file,
+    );
+
+    let name = env["HP_WORKER_NAME"].clone();
+    let db = state_dir.join("heartbeat.db");
+    let row = |want: &dyn Fn(&heartbeat_sdk::StatusRow) -> bool| {
+        SqliteStore::new(&db)
+            .read_all()
+            .ok()?
+            .into_iter()
+            .find(|r| r.worker_name == name && want(r))
+    };
+    let watchdog: u64 = only(&settings, "WatchdogSec").parse().expect("seconds");
+    let mut heard = Vec::new();
+    let Some(running) = poll_until(Duration::from_secs(60), || {
+        row(&|r| r.status.as_deref() == Some("running") && r.jobs_processed.unwrap_or(0) > 0)
+    }) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("wait");
+        panic!("no running row:\n{}", String::from_utf8_lossy(&out.stderr));
+    };
+    systemd.until_heard(&mut heard, "WATCHDOG=1", Duration::from_secs(watchdog));
+
+    // Paused, it does no job and makes no progress, and is not hung: the
+    // pings go on.
+    let out = common::sidecar()
+        .env("STATE_DIRECTORY", &state_dir)
+        .args([
+            "pause",
+            &name,
+            "--yes",
+            "--force",
+            "--confirm",
+            "default",
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .output()
+        .expect("pause");
+    assert!(out.status.success(), "{}", both(&out));
+    // The run in hand ends first; then it waits, paused, making no progress.
+    let idle = eventually(Duration::from_secs(30), "the run in hand ended", || {
+        row(&|r| r.run_state.as_deref() != Some("running"))
+    });
+    heard.clear();
+    let _ = systemd.heard();
+    systemd.until_heard(&mut heard, "WATCHDOG=1", Duration::from_secs(watchdog));
+    let after = row(&|_| true).expect("row");
+    assert_eq!(
+        after.jobs_processed, idle.jobs_processed,
+        "no job while paused"
+    );
+    assert_eq!(
+        after.last_progress_at, idle.last_progress_at,
+        "no progress while paused"
+    );
+
+    common::kill(running.pid.expect("pid") as i32, libc::SIGTERM);
+    let timeout: u64 = only(&settings, "TimeoutStopSec").parse().expect("seconds");
+    let status = eventually(Duration::from_secs(timeout), "the worker ends", || {
+        child.try_wait().ok().flatten()
+    });
+    let stderr = child.wait_with_output().expect("output").stderr;
+    assert!(
+        status.success(),
+        "{status:?}:\n{}",
+        String::from_utf8_lossy(&stderr)
+    );
+    let stopped = row(&|_| true).expect("row");
+    assert_eq!(stopped.status.as_deref(), Some("stopped"), "{stopped:?}");
 
     assert_stayed_in_sandbox(&settings, &read_trace(&trace_file, root.path()), &state_dir);
 }
