@@ -471,19 +471,7 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         working_dir.join("scripts/roundtable-worker.mjs"),
     )
     .expect("worker");
-    assert_eq!(only(&settings, "StateDirectory"), "hp-heartbeat");
-    let state_dir = root.path().join("var/lib/hp-heartbeat");
-    std::fs::create_dir_all(&state_dir).expect("mkdir");
-    let home = root.path().join("home-of-worker"); // ProtectHome=yes: must stay untouched
-
-    // User=worker: as root, run as nobody, and give it the state directory
-    // as systemd gives it to User= (the rest stays root's, read-only to it).
-    let as_user = unprivileged_user();
-    if let Some((_, uid, gid)) = &as_user {
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        std::os::unix::fs::chown(&state_dir, Some(*uid), Some(*gid)).expect("chown");
-    }
+    let (state_dir, home, as_user) = service_dirs(root.path(), &settings);
 
     // EnvironmentFile=- is optional: absent here, so nothing is added.
     let env_file = only(&settings, "EnvironmentFile");
@@ -496,21 +484,7 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         "{env_file} exists on this host"
     );
     let systemd = NotifyListener::bind(root.path());
-    let mut env = BTreeMap::from([
-        ("PATH".to_owned(), SERVICE_PATH.to_owned()),
-        ("HOME".to_owned(), home.display().to_string()),
-        ("USER".to_owned(), "worker".to_owned()),
-        ("LOGNAME".to_owned(), "worker".to_owned()),
-        ("SHELL".to_owned(), "/bin/sh".to_owned()),
-        (
-            "INVOCATION_ID".to_owned(),
-            format!("{:032x}", fastrand_u128()),
-        ),
-        (
-            "STATE_DIRECTORY".to_owned(),
-            state_dir.display().to_string(),
-        ),
-    ]);
+    let mut env = service_env(&state_dir, &home);
     env.extend(systemd.env(&settings));
 
     let exec_start = only(&settings, "ExecStart");
@@ -664,16 +638,7 @@ fn the_alerts_units_exec_start_delivers_a_crash_and_stays_in_its_sandbox() {
     }
     let settings = service_settings(&unit_text(ALERTS_UNIT));
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
-    assert_eq!(only(&settings, "StateDirectory"), "hp-heartbeat");
-    let state_dir = root.path().join("var/lib/hp-heartbeat");
-    std::fs::create_dir_all(&state_dir).expect("mkdir");
-    let home = root.path().join("home-of-worker");
-    let as_user = unprivileged_user();
-    if let Some((_, uid, gid)) = &as_user {
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        std::os::unix::fs::chown(&state_dir, Some(*uid), Some(*gid)).expect("chown");
-    }
+    let (state_dir, home, as_user) = service_dirs(root.path(), &settings);
     // EnvironmentFile= is required: the test stands in for it.
     let env_file = only(&settings, "EnvironmentFile");
     assert!(
@@ -682,25 +647,11 @@ fn the_alerts_units_exec_start_delivers_a_crash_and_stays_in_its_sandbox() {
     );
     let receiver = hp_heartbeat_tests::receiver::Receiver::start();
     let systemd = NotifyListener::bind(root.path());
-    let mut env = BTreeMap::from([
-        ("PATH".to_owned(), SERVICE_PATH.to_owned()),
-        ("HOME".to_owned(), home.display().to_string()),
-        ("USER".to_owned(), "worker".to_owned()),
-        ("LOGNAME".to_owned(), "worker".to_owned()),
-        ("SHELL".to_owned(), "/bin/sh".to_owned()),
-        (
-            "INVOCATION_ID".to_owned(),
-            format!("{:032x}", fastrand_u128()),
-        ),
-        (
-            "STATE_DIRECTORY".to_owned(),
-            state_dir.display().to_string(),
-        ),
-        (
-            "HP_ALERT_WEBHOOKS".to_owned(),
-            receiver.url("/services/T0FAKE/B0FAKE/not-a-real-secret"),
-        ),
-    ]);
+    let mut env = service_env(&state_dir, &home);
+    env.insert(
+        "HP_ALERT_WEBHOOKS".to_owned(),
+        receiver.url("/services/T0FAKE/B0FAKE/not-a-real-secret"),
+    );
     env.extend(systemd.env(&settings));
     let mut argv = expand(split_command(only(&settings, "ExecStart")), &env);
     assert_eq!(
@@ -818,35 +769,11 @@ fn the_rust_workers_unit_pings_while_it_works_and_while_paused() {
     };
     let settings = service_settings(&unit_text(RUST_UNIT));
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tmp");
-    let state_dir = root.path().join("var/lib/hp-heartbeat");
-    std::fs::create_dir_all(&state_dir).expect("mkdir");
-    let as_user = unprivileged_user();
-    if let Some((_, uid, gid)) = &as_user {
-        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        std::os::unix::fs::chown(&state_dir, Some(*uid), Some(*gid)).expect("chown");
-    }
+    let (state_dir, home, as_user) = service_dirs(root.path(), &settings);
     let env_file = only(&settings, "EnvironmentFile");
     assert!(env_file.starts_with('-'), "optional: {env_file}");
     let systemd = NotifyListener::bind(root.path());
-    let mut env = BTreeMap::from([
-        ("PATH".to_owned(), SERVICE_PATH.to_owned()),
-        (
-            "HOME".to_owned(),
-            root.path().join("home").display().to_string(),
-        ),
-        ("USER".to_owned(), "worker".to_owned()),
-        ("LOGNAME".to_owned(), "worker".to_owned()),
-        ("SHELL".to_owned(), "/bin/sh".to_owned()),
-        (
-            "INVOCATION_ID".to_owned(),
-            format!("{:032x}", fastrand_u128()),
-        ),
-        (
-            "STATE_DIRECTORY".to_owned(),
-            state_dir.display().to_string(),
-        ),
-    ]);
+    let mut env = service_env(&state_dir, &home);
     for line in values(&settings, "Environment") {
         let (k, v) = line.split_once('=').expect("Environment=K=V");
         env.insert(k.to_owned(), v.to_owned());
@@ -941,6 +868,45 @@ fn the_rust_workers_unit_pings_while_it_works_and_while_paused() {
     assert_eq!(stopped.status.as_deref(), Some("stopped"), "{stopped:?}");
 
     assert_stayed_in_sandbox(&settings, &read_trace(&trace_file, root.path()), &state_dir);
+}
+
+/// The places systemd makes for a service under `root` (a temp dir outside
+/// /tmp, so the trace tells the private /tmp from the rest): its
+/// `StateDirectory=` (given to `User=`: as root, run as nobody, the rest
+/// staying root's and read-only to it) and a HOME that must stay untouched
+/// (`ProtectHome=yes`). Returns them and the user to run as.
+fn service_dirs(
+    root: &Path,
+    settings: &[(String, String)],
+) -> (PathBuf, PathBuf, Option<(String, u32, u32)>) {
+    assert_eq!(only(settings, "StateDirectory"), "hp-heartbeat");
+    let state_dir = root.join("var/lib/hp-heartbeat");
+    std::fs::create_dir_all(&state_dir).expect("mkdir");
+    let as_user = unprivileged_user();
+    if let Some((_, uid, gid)) = &as_user {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::os::unix::fs::chown(&state_dir, Some(*uid), Some(*gid)).expect("chown");
+    }
+    (state_dir, root.join("home-of-worker"), as_user)
+}
+
+/// systemd's environment for a service of `User=worker`.
+fn service_env(state_dir: &Path, home: &Path) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("PATH".to_owned(), SERVICE_PATH.to_owned()),
+        ("HOME".to_owned(), home.display().to_string()),
+        ("USER".to_owned(), "worker".to_owned()),
+        ("LOGNAME".to_owned(), "worker".to_owned()),
+        ("SHELL".to_owned(), "/bin/sh".to_owned()),
+        (
+            "INVOCATION_ID".to_owned(),
+            format!("{:032x}", fastrand_u128()),
+        ),
+        (
+            "STATE_DIRECTORY".to_owned(),
+            state_dir.display().to_string(),
+        ),
+    ])
 }
 
 /// systemd's side of `NOTIFY_SOCKET`: a datagram socket the test owns.
