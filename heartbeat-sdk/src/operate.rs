@@ -44,6 +44,11 @@ impl Operator {
         })
     }
 
+    /// Whether this is the local store (a file here), not Supabase.
+    pub fn is_local(&self) -> bool {
+        matches!(self.store, Store::Local(_))
+    }
+
     /// Whether the actor is taken from a signed-in operator's token.
     pub fn signed_in(&self) -> bool {
         self.signed_in

@@ -233,10 +233,16 @@ pub fn keep_tail(tail: &Mutex<Vec<u8>>, chunk: &[u8]) {
     }
 }
 
-/// The last lines of stderr, starting at a line boundary when cut.
+/// The last lines of stderr, starting at a line boundary when cut; one line
+/// longer than the whole tail is kept cut (its end), not dropped.
 pub fn tail_text(bytes: &[u8]) -> String {
+    // The newline that ends the last line is not a boundary to start at.
+    let body = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(&bytes[..0], |end| &bytes[..=end]);
     let start = if bytes.len() >= MAX_LAST_ERROR_BYTES {
-        bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)
+        body.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1)
     } else {
         0
     };
@@ -247,6 +253,16 @@ pub fn tail_text(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_longer_than_the_tail_is_kept_cut_not_dropped() {
+        let tail = Mutex::new(Vec::new());
+        let line = format!("{}Error: boom\n", "x".repeat(2 * MAX_LAST_ERROR_BYTES));
+        keep_tail(&tail, line.as_bytes());
+        let text = tail_text(&tail.lock().map(|t| t.clone()).unwrap_or_default());
+        assert!(text.ends_with("Error: boom"), "{text:?}");
+        assert!(text.len() <= MAX_LAST_ERROR_BYTES);
+    }
 
     #[test]
     fn tail_keeps_the_last_lines_within_bounds() {

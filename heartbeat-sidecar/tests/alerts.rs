@@ -352,6 +352,23 @@ fn a_watcher_without_a_webhook_or_with_a_bad_one_says_what_to_give() {
     ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("under an hour"), "{err}");
+    let (code, err) = run(&["--webhook", "https:///not-a-real-webhook-secret"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("webhook 1 of --webhook: it has no host"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "the URL is not quoted: {err}");
+    // A local store that cannot be written is said at start, not retried.
+    let out = common::sidecar()
+        .env("HP_STORE", dir.path().join("no-such-dir/heartbeat.db"))
+        .env("HP_ALERT_WEBHOOKS", "http://127.0.0.1:9/x")
+        .arg("alerts")
+        .output()
+        .expect("alerts");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("does not exist: create it"), "{err}");
     // The help never shows the variable's value: it may hold a secret URL.
     let out = common::sidecar()
         .env(
@@ -391,7 +408,9 @@ async fn on_supabase_the_watcher_sweeps_claims_posts_and_acks_through_postgrest(
             "held": true, "holder": "me", "lease_until": "2026-12-01T13:02:00+00:00",
             "events": [event], "through": 9,
         })))
-        .up_to_n_times(1)
+        // The watcher's first claim at start takes its place (one event at
+        // most, not sent from); the first round's claim then sends.
+        .up_to_n_times(2)
         .with_priority(1)
         .mount(&server)
         .await;
@@ -460,7 +479,8 @@ async fn on_supabase_the_watcher_sweeps_claims_posts_and_acks_through_postgrest(
     assert_eq!(acks[1]["delivered"], 0, "{acks:?}");
 
     let claims = bodies("hp_alert_claim").await;
-    let claim = &claims[0];
+    assert_eq!(claims[0]["max_events"], 1, "the place taken at start");
+    let claim = &claims[1];
     assert!(
         claim["sink"]
             .as_str()

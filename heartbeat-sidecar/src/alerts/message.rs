@@ -54,29 +54,50 @@ pub fn text(event: &WorkerEvent) -> String {
 
 /// [`text`], bold name, with what a worker wrote kept from pinging anyone:
 /// Slack's `<!channel>` and links are escaped as Slack asks (`&`, `<`, `>`),
-/// Discord's `@everyone` and `@here` broken by a zero-width space.
+/// Discord's `@everyone` and `@here` broken by a zero-width space. Cut to
+/// fit whole escapes and the event's id and time.
 fn slack_text(event: &WorkerEvent) -> String {
-    let escaped = text(event)
+    let suffix = format!(
+        " (event {}, {})",
+        event.id,
+        event.at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    let name = escape(&event.worker_name);
+    let line = text(event);
+    let rest = line
+        .strip_prefix(event.worker_name.as_str())
+        .unwrap_or(&line);
+    let budget = MAX_TEXT_CHARS.saturating_sub(suffix.chars().count() + name.chars().count() + 3);
+    let mut out = String::new();
+    let mut used = 0;
+    for c in unping(rest).chars() {
+        let piece = match c {
+            '&' => "&amp;".to_owned(),
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            c => c.to_string(),
+        };
+        let n = piece.chars().count();
+        if used + n > budget {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+        used += n;
+    }
+    format!("*{name}*{out}{suffix}")
+}
+
+fn unping(text: &str) -> String {
+    text.replace("@everyone", "@\u{200b}everyone")
+        .replace("@here", "@\u{200b}here")
+}
+
+fn escape(text: &str) -> String {
+    unping(text)
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-        .replace("@everyone", "@\u{200b}everyone")
-        .replace("@here", "@\u{200b}here");
-    let name = escape_name(&event.worker_name);
-    let rest = escaped.strip_prefix(&name).unwrap_or(&escaped);
-    bounded(&format!(
-        "*{name}*{rest} (event {}, {})",
-        event.id,
-        event.at.format("%Y-%m-%d %H:%M:%S UTC")
-    ))
-}
-
-fn escape_name(name: &str) -> String {
-    name.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace("@everyone", "@\u{200b}everyone")
-        .replace("@here", "@\u{200b}here")
 }
 
 fn bounded(text: &str) -> String {
@@ -152,10 +173,27 @@ mod tests {
 
     #[test]
     fn a_huge_error_is_cut_to_fit_discord() {
-        let body = body(&crash(&"x".repeat(10_000)), AlertFormat::Slack);
-        let text = body["text"].as_str().expect("text");
-        assert_eq!(text.chars().count(), MAX_TEXT_CHARS);
-        assert!(text.ends_with('…'));
+        let slack = body(&crash(&"x".repeat(10_000)), AlertFormat::Slack);
+        let text = slack["text"].as_str().expect("text");
+        assert!(text.chars().count() <= MAX_TEXT_CHARS);
+        assert!(
+            text.ends_with("… (event 42, 2026-12-01 13:00:00 UTC)"),
+            "{text}"
+        );
+        // Cut between escapes, never inside one.
+        let amps = body(&crash(&"&".repeat(10_000)), AlertFormat::Slack);
+        let text = amps["text"].as_str().expect("text");
+        assert!(text.chars().count() <= MAX_TEXT_CHARS);
+        assert!(text.contains("&amp;…"), "{text}");
+        let discord = body(&crash(&"x".repeat(10_000)), AlertFormat::Discord);
+        assert!(
+            discord["content"]
+                .as_str()
+                .expect("content")
+                .chars()
+                .count()
+                <= MAX_TEXT_CHARS
+        );
     }
 
     #[test]

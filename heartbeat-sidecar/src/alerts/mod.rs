@@ -15,7 +15,7 @@ use std::time::Duration;
 use heartbeat_sdk::sidecar::{AlertClaim, Backoff, NotifySocket, Operator};
 use tokio::sync::{watch, Notify};
 
-use crate::cli::AlertsArgs;
+use crate::cli::{AlertFormat, AlertsArgs};
 use crate::exit::{Exit, USAGE};
 use webhook::Webhook;
 
@@ -59,10 +59,23 @@ impl Watcher {
         let given: Vec<&str> = if args.webhooks.is_empty() {
             from_env.split_whitespace().collect()
         } else {
+            if !from_env.trim().is_empty() {
+                tracing::warn!("{WEBHOOKS_VAR} is set too and not used: --webhook wins");
+            }
             args.webhooks.iter().map(String::as_str).collect()
         };
-        for text in given.into_iter().filter(|w| !w.trim().is_empty()) {
-            let hook = Webhook::parse(text, args.format)?;
+        let source = if args.webhooks.is_empty() {
+            WEBHOOKS_VAR
+        } else {
+            "--webhook"
+        };
+        for (n, text) in given
+            .into_iter()
+            .filter(|w| !w.trim().is_empty())
+            .enumerate()
+        {
+            let hook = Webhook::parse(text, args.format)
+                .map_err(|e| format!("webhook {} of {source}: {e}", n + 1))?;
             if !webhooks.iter().any(|h| h.key == hook.key) {
                 webhooks.push(Arc::new(hook));
             }
@@ -109,7 +122,30 @@ impl Watcher {
     }
 
     async fn run(self) -> Exit {
-        let shown: Vec<&str> = self.webhooks.iter().map(|h| h.shown.as_str()).collect();
+        // Each webhook's place is taken before the first sweep, so what that
+        // sweep records is sent. A local store that cannot be written (a
+        // missing directory, a file that is not a store) is a mistake to say
+        // now, not to retry forever; Supabase may be down a while: retried.
+        for hook in &self.webhooks {
+            let claim = AlertClaim {
+                sink: hook.key.clone(),
+                holder: self.holder.clone(),
+                kinds: self.kinds.clone(),
+                lease: self.lease,
+                max_events: 1,
+            };
+            if let Err(e) = self.operator.alert_claim(&claim).await {
+                if self.operator.is_local() {
+                    eprintln!("heartbeat-sidecar alerts: {e}");
+                    return Exit::Code(USAGE);
+                }
+            }
+        }
+        let shown: Vec<String> = self
+            .webhooks
+            .iter()
+            .map(|h| format!("{} as {}", h.shown, format_name(h.format)))
+            .collect();
         tracing::info!(
             "sending {} to {} every {} as {}",
             self.kinds.join(", "),
@@ -187,6 +223,14 @@ impl Watcher {
         }
         while releases.join_next().await.is_some() {}
         Exit::Code(0)
+    }
+}
+
+fn format_name(format: AlertFormat) -> &'static str {
+    match format {
+        AlertFormat::Json | AlertFormat::Auto => "json",
+        AlertFormat::Slack => "slack",
+        AlertFormat::Discord => "discord",
     }
 }
 

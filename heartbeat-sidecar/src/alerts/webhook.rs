@@ -12,7 +12,8 @@ pub const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Webhook {
     url: reqwest::Url,
-    format: AlertFormat,
+    /// The body it gets (never `Auto`: decided by `parse`).
+    pub format: AlertFormat,
     /// The cursor's key in the store: a SHA-256 of the URL.
     pub key: String,
     /// Scheme, host and port only, for logs: "https://hooks.slack.com/… (webhook 1a2b3c4d)".
@@ -36,17 +37,37 @@ pub struct NotDelivered {
 impl Webhook {
     /// `text` as given to `--webhook`; `format` as `--format` says (`auto`
     /// is decided here, by the URL's host).
+    /// Errors never quote the URL: it may be a secret.
     pub fn parse(text: &str, format: AlertFormat) -> Result<Webhook, String> {
-        let url = reqwest::Url::parse(text.trim()).map_err(|e| {
-            format!(
-                "a webhook is not a URL ({e}): give the whole URL, e.g. https://hooks.slack.com/services/..."
-            )
+        let text = text.trim();
+        if text.contains(",http://") || text.contains(",https://") {
+            return Err(
+                "two webhooks joined by a comma: separate them with spaces or newlines".into(),
+            );
+        }
+        let url = reqwest::Url::parse(text).map_err(|e| match e {
+            url::ParseError::RelativeUrlWithoutBase => {
+                "it has no scheme: give the whole URL, with https://, e.g. https://hooks.slack.com/services/...".to_owned()
+            }
+            other => format!(
+                "it is not a URL ({other}): give the whole URL, e.g. https://hooks.slack.com/services/..."
+            ),
         })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        // `https:///x` parses with `x` as its host: refuse what has none.
+        let written_host = text
+            .split_once("://")
+            .is_some_and(|(_, rest)| !rest.is_empty() && !rest.starts_with('/'));
+        if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
-                "a webhook must be an http:// or https:// URL with a host, not {}:",
+                "it must be an http:// or https:// URL, not {}:",
                 url.scheme()
             ));
+        }
+        if url.host_str().is_none() || !written_host {
+            return Err(
+                "it has no host: give the whole URL, e.g. https://hooks.slack.com/services/..."
+                    .into(),
+            );
         }
         if !url.username().is_empty() || url.password().is_some() {
             // Allowed (some receivers use basic auth), but never shown.
@@ -127,8 +148,23 @@ impl Webhook {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(3600)));
+        let to = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| self.url.join(v).ok())
+            .map(|u| {
+                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+                format!(
+                    " (to {}://{}{port}/…: give the URL it points to)",
+                    u.scheme(),
+                    u.host_str().unwrap_or_default()
+                )
+            });
         let hint = match status.as_u16() {
-            300..=399 => " (a redirect: give the URL it points to)",
+            300..=399 => to
+                .as_deref()
+                .unwrap_or(" (a redirect: give the URL it points to)"),
             400 => " (the receiver refuses the body: check --format)",
             401 | 403 => " (the receiver refuses: check the URL's token)",
             404 | 410 => " (no such webhook: check the URL, or make the webhook again)",
@@ -227,9 +263,24 @@ mod tests {
     }
 
     #[test]
+    fn joined_or_hostless_webhooks_are_refused_without_quoting_them() {
+        for bad in [
+            "https://a.example/x,https://b.example/not-a-real-secret",
+            "https:///not-a-real-secret",
+            "127.0.0.1:8701/not-a-real-secret",
+        ] {
+            let e = Webhook::parse(bad, AlertFormat::Json).expect_err(bad);
+            assert!(!e.contains("secret"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_urls_say_what_to_give() {
         let e = Webhook::parse("hooks.slack.com/x", AlertFormat::Json).expect_err("no scheme");
-        assert!(e.contains("give the whole URL"), "{e}");
+        assert!(
+            e.contains("no scheme") && e.contains("give the whole URL"),
+            "{e}"
+        );
         let e = Webhook::parse("ftp://example.com/x", AlertFormat::Json).expect_err("ftp");
         assert!(e.contains("http:// or https://"), "{e}");
     }
