@@ -7,15 +7,9 @@
 use std::time::{Duration, Instant};
 
 use heartbeat_sdk::sidecar::{AlertBatch, AlertClaim};
-use hp_heartbeat_tests::pg::{self, Database};
+use hp_heartbeat_tests::pg::{migrated, Database};
 use hp_heartbeat_tests::postgrest_sql;
 use serde_json::{json, Value};
-
-fn migrated(label: &str) -> Option<Database<'static>> {
-    let db = pg::server()?.fresh_database(label);
-    db.migrate(true).expect("migrations apply");
-    Some(db)
-}
 
 fn service() -> Value {
     json!({"role": "service_role"})

@@ -27,15 +27,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hp_heartbeat_tests::control_scenarios::{self, AuditRow, ControlRow, Observed, StoreError};
-use hp_heartbeat_tests::pg::{self, Database};
+use hp_heartbeat_tests::pg::{self, migrated, Database};
 use hp_heartbeat_tests::postgrest_sql::{self, quote_literal, COLUMN_TYPES_SQL};
 use serde_json::{json, Value};
-
-fn migrated(label: &str) -> Option<Database<'static>> {
-    let db = pg::server()?.fresh_database(label);
-    db.migrate(true).expect("migrations apply");
-    Some(db)
-}
 
 fn service() -> Value {
     json!({"role": "service_role"})

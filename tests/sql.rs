@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use heartbeat_sdk::sidecar::FinalState;
 use heartbeat_sdk::{Heartbeat, MemoryTransport, StatusRow, WorkerStatus};
 use hp_heartbeat_tests::eventually::eventually;
-use hp_heartbeat_tests::pg::{self, Database};
+use hp_heartbeat_tests::pg::{self, migrated, Database};
 use hp_heartbeat_tests::postgrest_sql::{self, COLUMN_TYPES_SQL};
 use serde_json::{json, Value};
 
@@ -47,12 +47,6 @@ fn sdk_rows() -> Vec<Value> {
         .collect();
     assert!(rows.len() >= 2, "a beat and a final row");
     rows
-}
-
-fn migrated(label: &str) -> Option<Database<'static>> {
-    let db = pg::server()?.fresh_database(label);
-    db.migrate(true).expect("migrations apply");
-    Some(db)
 }
 
 fn columns(db: &Database) -> BTreeMap<String, String> {

@@ -6,18 +6,15 @@ use chrono::Utc;
 use heartbeat_sdk::WorkerEvent;
 
 use crate::cli::{EventsArgs, PruneArgs};
-use crate::exit::{Exit, USAGE};
+use crate::exit::{fail, Exit, USAGE};
 
 /// Events older than this are dropped by the sweep.
 pub const RETAIN_DAYS: i64 = 30;
 
 pub async fn events(args: EventsArgs) -> Exit {
-    let (_, operator) = match crate::fleet::open(&args.store) {
+    let (_, operator) = match crate::fleet::open_or_usage(&args.store) {
         Ok(both) => both,
-        Err(e) => {
-            eprintln!("heartbeat-sidecar: {e}");
-            return Exit::Code(USAGE);
-        }
+        Err(exit) => return exit,
     };
     if let Err(e) = operator.sweep(chrono::Duration::days(RETAIN_DAYS)).await {
         // Reading still works; only what no write says may be missing.
@@ -28,10 +25,12 @@ pub async fn events(args: EventsArgs) -> Exit {
         .and_then(|d| Utc::now().checked_sub_signed(d));
     let events = match operator.events(since, args.name.as_deref()).await {
         Ok(e) => e,
-        Err(e) => {
-            eprintln!("heartbeat-sidecar: cannot read the events: {e} (apply sql/20261201000002_hp_events.sql on Supabase)");
-            return Exit::Code(USAGE);
-        }
+        Err(e) => return fail(
+            USAGE,
+            format!(
+                "cannot read the events: {e} (apply sql/20261201000002_hp_events.sql on Supabase)"
+            ),
+        ),
     };
     if args.json {
         println!(
@@ -99,20 +98,14 @@ pub(crate) fn detail(e: &WorkerEvent) -> String {
 
 /// `heartbeat-sidecar prune --gone-for 7d [--dry-run]`.
 pub async fn prune(args: PruneArgs) -> Exit {
-    let (_, operator) = match crate::fleet::open(&args.store) {
+    let (_, operator) = match crate::fleet::open_or_usage(&args.store) {
         Ok(both) => both,
-        Err(e) => {
-            eprintln!("heartbeat-sidecar: {e}");
-            return Exit::Code(USAGE);
-        }
+        Err(exit) => return exit,
     };
     let gone_for = chrono::Duration::from_std(args.gone_for).unwrap_or(chrono::Duration::MAX);
     let pruned = match operator.prune(gone_for, args.dry_run).await {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("heartbeat-sidecar: {e}");
-            return Exit::Code(USAGE);
-        }
+        Err(e) => return fail(USAGE, e),
     };
     if args.json {
         println!(

@@ -12,6 +12,12 @@ pub const SHUTDOWN_SIGNALS: [i32; 2] = [libc::SIGTERM, libc::SIGINT];
 /// Exit code for a usage or configuration error, and for "could not read".
 pub const USAGE: i32 = 2;
 
+/// Says `message` on stderr and ends with `code`.
+pub fn fail(code: i32, message: impl std::fmt::Display) -> Exit {
+    eprintln!("heartbeat-sidecar: {message}");
+    Exit::Code(code)
+}
+
 /// How the sidecar must end so supervisors see what the child did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -26,6 +26,13 @@ pub fn open(store: &crate::cli::StoreArgs) -> Result<(Reader, Operator), String>
     Ok((reader, operator))
 }
 
+/// [`open`], or the command's end: the error said, exit 2.
+pub fn open_or_usage(
+    store: &crate::cli::StoreArgs,
+) -> Result<(Reader, Operator), crate::exit::Exit> {
+    open(store).map_err(|e| crate::exit::fail(crate::exit::USAGE, e))
+}
+
 /// `$USER@host`, recorded as declared next to `service_role`.
 pub fn declared_actor() -> String {
     let user = std::env::var("USER")

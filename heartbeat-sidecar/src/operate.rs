@@ -17,7 +17,8 @@ use crate::cli::{
     AuditArgs, PoolCommand, PoolListArgs, PoolSetArgs, RolloutCommand, RolloutRestartArgs,
     RolloutStatusArgs, SteerArgs,
 };
-use crate::exit::{Exit, USAGE};
+use crate::exit::{fail, Exit, USAGE};
+use crate::fleet::open_or_usage as open;
 use crate::fleet::{applied, available, declared_actor, field, impact, pool_of, state_of};
 
 /// A request was refused by a rule.
@@ -26,16 +27,6 @@ const REFUSED: i32 = 1;
 const TIMED_OUT: i32 = 3;
 /// How often `--wait` reads the rows.
 const WAIT_POLL: Duration = Duration::from_millis(500);
-
-fn fail(code: i32, message: impl std::fmt::Display) -> Exit {
-    eprintln!("heartbeat-sidecar: {message}");
-    Exit::Code(code)
-}
-
-/// Opens the read side and the operator side of the store the flags name.
-fn open(store: &crate::cli::StoreArgs) -> Result<(Reader, Operator), Exit> {
-    crate::fleet::open(store).map_err(|e| fail(USAGE, e))
-}
 
 /// Asks on the terminal; true to go on.
 fn confirm_on_terminal(name_needed: Option<&str>) -> bool {

@@ -656,28 +656,9 @@ impl Conn {
     async fn read_request(&mut self) -> io::Result<Option<Incoming>> {
         let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
         let (head_len, method, path, headers) = loop {
-            let mut names = [httparse::EMPTY_HEADER; 64];
-            let mut req = httparse::Request::new(&mut names);
-            match req.parse(&self.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let headers: Vec<(String, String)> = req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect();
-                    break (
-                        n,
-                        req.method.unwrap_or_default().to_owned(),
-                        req.path.unwrap_or_default().to_owned(),
-                        headers,
-                    );
-                }
-                Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => {
+            match crate::http_head::parse(&self.buf) {
+                Ok(Some(h)) => break (h.len, h.method, h.path, h.headers),
+                Ok(None) if self.buf.len() < MAX_HEAD => {
                     if self.fill().await? == 0 {
                         return if self.buf.is_empty() {
                             Ok(None)
@@ -686,7 +667,7 @@ impl Conn {
                         };
                     }
                 }
-                Ok(httparse::Status::Partial) => return Err(bad("request head too long")),
+                Ok(None) => return Err(bad("request head too long")),
                 Err(e) => return Err(bad(&format!("not an HTTP request: {e}"))),
             }
         };

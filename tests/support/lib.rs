@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod control_scenarios;
 pub mod eventually;
+mod http_head;
 pub mod pg;
 pub mod postgrest_sql;
 pub mod receiver;

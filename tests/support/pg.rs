@@ -473,6 +473,17 @@ impl Database<'_> {
     }
 }
 
+/// A fresh database named after `label` with every migration applied
+/// (optional ones too); `None`, said loudly, without a server.
+///
+/// # Panics
+/// When a migration fails.
+pub fn migrated(label: &str) -> Option<Database<'static>> {
+    let db = server()?.fresh_database(label);
+    db.migrate(true).expect("migrations apply");
+    Some(db)
+}
+
 /// The repository's root (this crate is `tests/`).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

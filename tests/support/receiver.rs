@@ -166,33 +166,22 @@ fn serve(mut stream: TcpStream, status: u16) -> Option<Received> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    let (head_len, method, path, headers) = loop {
+    let head = loop {
         let n = stream.read(&mut chunk).ok()?;
         if n == 0 {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
-        let mut slots = [httparse::EMPTY_HEADER; 64];
-        let mut request = httparse::Request::new(&mut slots);
-        if let Ok(httparse::Status::Complete(len)) = request.parse(&buf) {
-            let headers: Vec<(String, String)> = request
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
-            break (
-                len,
-                request.method.unwrap_or_default().to_owned(),
-                request.path.unwrap_or_default().to_owned(),
-                headers,
-            );
+        if let Some(head) = crate::http_head::parse(&buf).ok()? {
+            break head;
         }
     };
+    let crate::http_head::Head {
+        len: head_len,
+        method,
+        path,
+        headers,
+    } = head;
     let length: usize = headers
         .iter()
         .find(|(n, _)| n == "content-length")

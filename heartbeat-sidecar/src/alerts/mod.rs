@@ -226,12 +226,11 @@ impl Watcher {
     }
 }
 
-fn format_name(format: AlertFormat) -> &'static str {
-    match format {
-        AlertFormat::Json | AlertFormat::Auto => "json",
-        AlertFormat::Slack => "slack",
-        AlertFormat::Discord => "discord",
-    }
+/// The name `--format` takes for it.
+fn format_name(format: AlertFormat) -> String {
+    clap::ValueEnum::to_possible_value(&format)
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
 }
 
 /// How long before the next try: the backoff, or longer when the receiver

@@ -92,13 +92,7 @@ impl Webhook {
         );
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let key = format!("webhook-{}", &hex[..32]);
-        let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
-        let shown = format!(
-            "{}://{}{port}/… (webhook {})",
-            url.scheme(),
-            url.host_str().unwrap_or_default(),
-            &hex[..8]
-        );
+        let shown = format!("{}/… (webhook {})", origin(&url), &hex[..8]);
         Ok(Webhook {
             url,
             format,
@@ -153,14 +147,7 @@ impl Webhook {
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| self.url.join(v).ok())
-            .map(|u| {
-                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-                format!(
-                    " (to {}://{}{port}/…: give the URL it points to)",
-                    u.scheme(),
-                    u.host_str().unwrap_or_default()
-                )
-            });
+            .map(|u| format!(" (to {}/…: give the URL it points to)", origin(&u)));
         let hint = match status.as_u16() {
             300..=399 => to
                 .as_deref()
@@ -176,6 +163,17 @@ impl Webhook {
             retry_after,
         })
     }
+}
+
+/// `https://host:port`: what may be shown of a webhook's URL (its path and
+/// query are the secret).
+fn origin(url: &reqwest::Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}",
+        url.scheme(),
+        url.host_str().unwrap_or_default()
+    )
 }
 
 /// A client for webhooks: bounded, no redirects (a POST is not replayed to
