@@ -25,12 +25,10 @@ pub async fn events(args: EventsArgs) -> Exit {
         .and_then(|d| Utc::now().checked_sub_signed(d));
     let events = match operator.events(since, args.name.as_deref()).await {
         Ok(e) => e,
-        Err(e) => return fail(
-            USAGE,
-            format!(
-                "cannot read the events: {e} (apply sql/20261201000002_hp_events.sql on Supabase)"
-            ),
-        ),
+        Err(e) => {
+            let fix = "apply sql/20261201000002_hp_events.sql on Supabase";
+            return fail(USAGE, format!("cannot read the events: {e} ({fix})"));
+        }
     };
     if args.json {
         println!(
