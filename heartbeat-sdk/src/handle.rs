@@ -151,7 +151,9 @@ impl Heartbeat {
     /// The code `main` should end with: 75 (`EX_TEMPFAIL`) after a restart
     /// request, so systemd restarts the unit (`RestartForceExitStatus=75`;
     /// PM2 restarts any exit), otherwise success (a drained worker stays
-    /// down under systemd and comes back paused under PM2).
+    /// down under systemd and comes back paused under PM2). After SIGTERM
+    /// or SIGINT the process ends as the signal would have instead, once
+    /// the reporter is dropped.
     pub fn exit_code(&self) -> std::process::ExitCode {
         match self.shared.control.state() {
             WorkerState::Restarting => std::process::ExitCode::from(RESTART_EXIT_CODE),
@@ -206,6 +208,7 @@ impl Drop for Heartbeat {
     fn drop(&mut self) {
         // After `shutdown` this returns at once: the first final row wins.
         self.finish(FinalState::default());
+        crate::beat::signals::end_as_signaled();
     }
 }
 

@@ -1,7 +1,8 @@
 //! SIGTERM/SIGINT: send every live reporter's final `stopped` row within its
 //! budget, then end the process as the signal would have.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -12,6 +13,10 @@ use crate::model::row::FinalState;
 
 static WATCHED: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 static THREAD: Mutex<bool> = Mutex::new(false);
+/// The signal being handled, 0 before one arrives.
+static CAUGHT: AtomicI32 = AtomicI32::new(0);
+/// Set once every reporter's final row is sent (or out of budget).
+static ALL_SENT: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 
 /// Registers `shared` for the shutdown signals, starting the one signal thread on first use.
 pub(crate) fn watch(shared: &Arc<Shared>) -> std::io::Result<()> {
@@ -30,11 +35,13 @@ pub(crate) fn watch(shared: &Arc<Shared>) -> std::io::Result<()> {
         .name("hp-heartbeat-signals".into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                CAUGHT.store(signal, Ordering::SeqCst);
                 stop_all();
-                // Restores the default action and re-raises: the exit status
-                // is the signal's, as PM2 and systemd expect.
-                let _ = signal_hook::low_level::emulate_default_handler(signal);
-                std::process::exit(128 + signal);
+                if let Ok(mut sent) = ALL_SENT.0.lock() {
+                    *sent = true;
+                }
+                ALL_SENT.1.notify_all();
+                end_as_signaled();
             }
         })?;
     *started = true;
@@ -59,4 +66,27 @@ fn stop_all() {
     for shared in &live {
         shared.wait_done(deadline.saturating_duration_since(std::time::Instant::now()));
     }
+}
+
+/// After a shutdown signal, ends the process as that signal would have: the
+/// default action restored and the signal raised again, so the exit status
+/// is the signal's, as PM2 and systemd expect. Called by the signal thread
+/// once the final rows are sent, and by a reporter dropped after the
+/// signal: a worker that saw `should_exit` and returned from `main` would
+/// otherwise race that thread and sometimes exit 0 instead. It waits for
+/// every reporter's final row first (each bounded by its budget). Before a
+/// signal it returns at once.
+pub(crate) fn end_as_signaled() {
+    let signal = CAUGHT.load(Ordering::SeqCst);
+    if signal == 0 {
+        return;
+    }
+    if let Ok(sent) = ALL_SENT.0.lock() {
+        // stop_all is bounded by the longest budget; this bound is a fuse.
+        let _ = ALL_SENT
+            .1
+            .wait_timeout_while(sent, Duration::from_secs(60), |sent| !*sent);
+    }
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    std::process::exit(128 + signal);
 }
