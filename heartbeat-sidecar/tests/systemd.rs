@@ -553,7 +553,12 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
     // WatchdogSec=: the first ping comes within half of it, as the worker logs.
     let mut heard = Vec::new();
     let watchdog: u64 = only(&settings, "WatchdogSec").parse().expect("seconds");
-    systemd.until_heard(&mut heard, "WATCHDOG=1", Duration::from_secs(watchdog));
+    systemd.until_heard(
+        &mut heard,
+        "WATCHDOG=1",
+        Duration::from_secs(watchdog),
+        &mut child,
+    );
 
     // KillMode=control-group: SIGTERM to every process of the unit at once.
     let worker = running.pid.expect("worker pid") as i32;
@@ -671,7 +676,7 @@ fn the_alerts_units_exec_start_delivers_a_crash_and_stays_in_its_sandbox() {
     );
 
     let mut heard = Vec::new();
-    systemd.until_heard(&mut heard, "READY=1", Duration::from_secs(30));
+    systemd.until_heard(&mut heard, "READY=1", Duration::from_secs(30), &mut child);
     let db = state_dir.join("heartbeat.db");
     let holder = || -> Option<String> {
         rusqlite::Connection::open(&db)
@@ -708,7 +713,12 @@ fn the_alerts_units_exec_start_delivers_a_crash_and_stays_in_its_sandbox() {
     );
     let text = crash.json()["text"].as_str().unwrap_or_default().to_owned();
     assert!(text.starts_with("nightly-pnl crashed"), "{text}");
-    systemd.until_heard(&mut heard, "WATCHDOG=1", Duration::from_secs(60));
+    systemd.until_heard(
+        &mut heard,
+        "WATCHDOG=1",
+        Duration::from_secs(60),
+        &mut child,
+    );
 
     let pid: i32 = held
         .split(" pid ")
@@ -758,7 +768,7 @@ fn rust_worker_binary() -> Option<PathBuf> {
 /// The SDK worker's unit, its `ExecStart=` run as systemd would: the row in
 /// `$STATE_DIRECTORY`, WATCHDOG=1 from `hb.progress()` as it works, and
 /// still while it is paused (waiting for a resume is not hung); SIGTERM
-/// ends it `stopped` with 0; the trace stays inside the sandbox.
+/// ends it `stopped`, by SIGTERM; the trace stays inside the sandbox.
 #[test]
 fn the_rust_workers_unit_pings_while_it_works_and_while_paused() {
     if !have("systemd-analyze", "systemd") || !have("strace", "strace") {
@@ -816,7 +826,12 @@ fn the_rust_workers_unit_pings_while_it_works_and_while_paused() {
         let out = child.wait_with_output().expect("wait");
         panic!("no running row:\n{}", String::from_utf8_lossy(&out.stderr));
     };
-    systemd.until_heard(&mut heard, "WATCHDOG=1", Duration::from_secs(watchdog));
+    systemd.until_heard(
+        &mut heard,
+        "WATCHDOG=1",
+        Duration::from_secs(watchdog),
+        &mut child,
+    );
 
     // Paused, it does no job and makes no progress, and is not hung: the
     // pings go on.
@@ -842,7 +857,12 @@ fn the_rust_workers_unit_pings_while_it_works_and_while_paused() {
     });
     heard.clear();
     let _ = systemd.heard();
-    systemd.until_heard(&mut heard, "WATCHDOG=1", Duration::from_secs(watchdog));
+    systemd.until_heard(
+        &mut heard,
+        "WATCHDOG=1",
+        Duration::from_secs(watchdog),
+        &mut child,
+    );
     let after = row(&|_| true).expect("row");
     assert_eq!(
         after.jobs_processed, idle.jobs_processed,
@@ -859,8 +879,12 @@ fn the_rust_workers_unit_pings_while_it_works_and_while_paused() {
         child.try_wait().ok().flatten()
     });
     let stderr = child.wait_with_output().expect("output").stderr;
-    assert!(
-        status.success(),
+    // Ended as SIGTERM would end it, which systemd counts as clean
+    // (`SuccessExitStatus=` has SIGTERM by default): `Restart=on-failure`
+    // leaves it down.
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGTERM),
         "{status:?}:\n{}",
         String::from_utf8_lossy(&stderr)
     );
@@ -939,12 +963,28 @@ impl NotifyListener {
         ])
     }
 
-    /// Adds what arrives to `heard` until `want` is among it.
-    fn until_heard(&self, heard: &mut Vec<String>, want: &str, within: Duration) {
-        eventually(within, &format!("systemd hears {want}"), || {
+    /// Adds what arrives to `heard` until `want` is among it; if it never
+    /// comes, kills `service` and fails with what it printed.
+    fn until_heard(
+        &self,
+        heard: &mut Vec<String>,
+        want: &str,
+        within: Duration,
+        service: &mut std::process::Child,
+    ) {
+        let found = poll_until(within, || {
             heard.extend(self.heard());
             heard.iter().any(|m| m == want).then_some(())
         });
+        if found.is_none() {
+            let _ = service.kill();
+            let mut stderr = String::new();
+            if let Some(mut pipe) = service.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            let status = service.wait();
+            panic!("within {within:?}, systemd never heard {want} (heard {heard:?}); the service ended {status:?}:\n{stderr}");
+        }
     }
 
     /// Every message received so far, one line each.

@@ -399,14 +399,20 @@ fn choose_write_path(
 /// Where a reader looks when `HP_STORE` does not say, in order: the first
 /// that exists is read. An admin's `status` so finds the services' store.
 pub(crate) fn local_read_candidates() -> Vec<PathBuf> {
-    let mut candidates: Vec<PathBuf> = state_directory()
-        .map(|d| d.join(STORE_FILE))
-        .into_iter()
-        .collect();
-    for path in [user_store_path(), PathBuf::from(SYSTEM_STORE)] {
-        if !candidates.contains(&path) {
-            candidates.push(path);
-        }
+    read_candidates(state_directory(), user_store_path())
+}
+
+fn read_candidates(state_directory: Option<PathBuf>, user_store: PathBuf) -> Vec<PathBuf> {
+    // A service's own StateDirectory= is its store, even before its first
+    // write: the alerts watcher keeps its cursor there, and must not fall
+    // through to another user's read-only store.
+    if let Some(dir) = state_directory {
+        return vec![dir.join(STORE_FILE)];
+    }
+    let mut candidates = vec![user_store];
+    let system = PathBuf::from(SYSTEM_STORE);
+    if !candidates.contains(&system) {
+        candidates.push(system);
     }
     candidates
 }
@@ -669,6 +675,20 @@ mod tests {
             "a system user who cannot write there keeps a store of its own"
         );
         assert_eq!(choose_write_path(None, false, || true, user.clone()), user);
+    }
+
+    #[test]
+    fn a_service_reads_its_own_state_directory_and_an_admin_looks_in_both() {
+        let user = PathBuf::from("/home/ann/.local/state/hp-heartbeat/heartbeat.db");
+        assert_eq!(
+            read_candidates(Some(PathBuf::from("/var/lib/hp-alerts")), user.clone()),
+            [PathBuf::from("/var/lib/hp-alerts/heartbeat.db")],
+            "under StateDirectory= only its own, existing yet or not"
+        );
+        assert_eq!(
+            read_candidates(None, user.clone()),
+            [user, PathBuf::from(SYSTEM_STORE)]
+        );
     }
 
     #[test]
