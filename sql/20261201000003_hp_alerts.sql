@@ -9,12 +9,14 @@
 -- Needs 20261201000002_hp_events.sql. Idempotent like it.
 
 create table if not exists public.hp_alert_cursor (
-  -- A digest of the webhook URL, the format and the kinds: never the URL,
-  -- which for Slack and Discord is itself the secret.
+  -- A digest of the webhook URL, never the URL, which for Slack and Discord
+  -- is itself the secret.
   sink          text primary key check (length(sink) between 1 and 100),
   -- Every event up to this id was delivered (or was of a kind not sent).
   last_event_id bigint not null,
   holder        text check (length(holder) <= 200),
+  -- The kinds the holder sends: a watcher waiting with other --on says so.
+  kinds         text[] not null default '{}',
   lease_until   timestamptz,
   lease         interval not null default interval '2 minutes',
   delivered     bigint not null default 0,
@@ -31,10 +33,10 @@ grant select, insert, update, delete on table public.hp_alert_cursor to service_
 
 -- Takes (or renews) the cursor of `sink` for `holder` and returns the events
 -- after it of `kinds`, oldest first, at most `max_events`:
---   {"held": true, "holder": ..., "lease_until": ..., "events": [...], "through": N}
+--   {"held": true, "holder": ..., "kinds": [...], "lease_until": ..., "events": [...], "through": N}
 -- `through`: the cursor may move there once the events are delivered (past
 -- the events of other kinds too). While another watcher's lease runs:
---   {"held": false, "holder": <theirs>, "lease_until": ..., "events": []}.
+--   {"held": false, "holder": <theirs>, "kinds": <theirs>, "lease_until": ..., "events": []}.
 -- A sink seen for the first time starts at the newest event: only what
 -- happens from now on is sent.
 create or replace function public.hp_alert_claim(
@@ -82,11 +84,13 @@ begin
   select * into cur from public.hp_alert_cursor c where c.sink = hp_alert_claim.sink for update;
   if cur.holder is not null and cur.holder <> hp_alert_claim.holder
      and cur.lease_until > pg_catalog.now() then
-    return jsonb_build_object('held', false, 'holder', cur.holder, 'lease_until', cur.lease_until,
-                              'events', '[]'::jsonb, 'through', cur.last_event_id);
+    return jsonb_build_object('held', false, 'holder', cur.holder, 'kinds', to_jsonb(cur.kinds),
+                              'lease_until', cur.lease_until, 'events', '[]'::jsonb,
+                              'through', cur.last_event_id);
   end if;
   update public.hp_alert_cursor c
-     set holder = hp_alert_claim.holder, lease_until = pg_catalog.now() + hp_alert_claim.lease,
+     set holder = hp_alert_claim.holder, kinds = hp_alert_claim.kinds,
+         lease_until = pg_catalog.now() + hp_alert_claim.lease,
          lease = hp_alert_claim.lease, updated_at = pg_catalog.now()
    where c.sink = hp_alert_claim.sink
   returning * into cur;
@@ -95,7 +99,8 @@ begin
         where e.id > cur.last_event_id and e.kind = any(hp_alert_claim.kinds)
         order by e.id limit hp_alert_claim.max_events) e;
   return jsonb_build_object(
-    'held', true, 'holder', cur.holder, 'lease_until', cur.lease_until, 'events', batch,
+    'held', true, 'holder', cur.holder, 'kinds', to_jsonb(cur.kinds),
+    'lease_until', cur.lease_until, 'events', batch,
     'through', case when jsonb_array_length(batch) = hp_alert_claim.max_events
                     then (batch -> -1 ->> 'id')::bigint
                     else greatest(cur.last_event_id, newest) end);

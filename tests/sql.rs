@@ -952,6 +952,12 @@ fn two_sweeps_at_once_record_a_silent_worker_stale_once() {
         Ok("silent stale stale"),
         "recorded once"
     );
+    assert_eq!(
+        db.sql("select (now() - (detail->>'last_heartbeat')::timestamptz) > interval '9 minutes' from hp_worker_events where kind = 'stale';")
+            .as_deref(),
+        Ok("t"),
+        "the stale event says when the last beat was"
+    );
     db.sql("update hp_worker_status set status = 'running' where worker_name = 'silent';")
         .expect("a beat");
     db.sql("select count(*) from hp_sweep();").expect("sweep");
@@ -998,6 +1004,15 @@ fn two_sweeps_at_once_record_a_silent_worker_stale_once() {
         .filter(|e| e.kind == "stale")
         .collect();
     assert_eq!(stale.len(), 1, "{stale:?}");
+    let last_beat = stale[0].detail["last_heartbeat"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    assert!(
+        last_beat
+            .is_some_and(|t| chrono::Utc::now() - t.with_timezone(&chrono::Utc)
+                > chrono::Duration::minutes(9)),
+        "the stale event says when the last beat was, as PostgreSQL does: {stale:?}"
+    );
 }
 
 /// The liveness and events migrations need only the first one: on a table

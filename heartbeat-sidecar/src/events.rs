@@ -72,11 +72,17 @@ pub(crate) fn detail(e: &WorkerEvent) -> String {
     if let (Some(from), Some(to)) = (&e.from_state, &e.to_state) {
         parts.push(format!("{from} -> {to}"));
     }
+    // The sidecar's own words for an exit with no stderr, left out below:
+    // they would only say the code or signal again.
+    let mut said = Vec::new();
     if let Some(c) = d.get("exit_code").and_then(|v| v.as_i64()) {
         parts.push(format!("exit code {c}"));
+        said.push(format!("exited with code {c}"));
     }
     if let Some(s) = d.get("exit_signal").and_then(|v| v.as_i64()) {
-        parts.push(format!("signal {s}"));
+        let name = i32::try_from(s).map_or_else(|_| s.to_string(), crate::exit::signal_name);
+        parts.push(format!("signal {name}"));
+        said.push(format!("killed by signal {name}"));
     }
     if let Some(n) = d.get("missed_beats").and_then(|v| v.as_i64()) {
         parts.push(format!("{n} beats not delivered"));
@@ -88,10 +94,78 @@ pub(crate) fn detail(e: &WorkerEvent) -> String {
     {
         parts.push(format!("restart {n}"));
     }
+    // The sweep's "since when", as a span before the event.
+    for (key, what) in [
+        ("last_heartbeat", "last beat"),
+        ("last_progress_at", "last progress"),
+    ] {
+        let since = d
+            .get(key)
+            .and_then(|v| v.as_str())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if let Some(t) = since {
+            let span = (e.at - t.with_timezone(&chrono::Utc))
+                .to_std()
+                .unwrap_or_default();
+            let whole = std::time::Duration::from_secs(span.as_secs());
+            parts.push(format!(
+                "{what} {} before",
+                humantime::format_duration(whole)
+            ));
+        }
+    }
     if let Some(error) = d.get("error").and_then(|v| v.as_str()) {
-        parts.push(error.lines().last().unwrap_or(error).to_owned());
+        let last = error.lines().last().unwrap_or(error).trim();
+        if !last.is_empty() && !said.iter().any(|s| s == last) {
+            parts.push(last.to_owned());
+        }
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(detail: serde_json::Value) -> WorkerEvent {
+        serde_json::from_value(serde_json::json!({
+            "id": 7, "at": "2026-12-01T12:00:00Z", "worker_name": "pnl-job",
+            "kind": "crashed", "from_state": "running", "to_state": "crashed",
+            "detail": detail,
+        }))
+        .expect("an event")
+    }
+
+    #[test]
+    fn the_sidecars_own_words_for_a_silent_exit_are_not_said_twice() {
+        let silent = event(serde_json::json!({"exit_code": 7, "error": "exited with code 7"}));
+        assert_eq!(detail(&silent), "running -> crashed, exit code 7");
+        let killed =
+            event(serde_json::json!({"exit_signal": 9, "error": "killed by signal SIGKILL"}));
+        assert_eq!(detail(&killed), "running -> crashed, signal SIGKILL");
+        let told = event(serde_json::json!({"exit_code": 1, "error": "at main.js:3\nError: boom"}));
+        assert_eq!(
+            detail(&told),
+            "running -> crashed, exit code 1, Error: boom"
+        );
+    }
+
+    #[test]
+    fn the_sweeps_since_when_reads_as_a_span_before_the_event() {
+        let mut stale =
+            event(serde_json::json!({"last_heartbeat": "2026-12-01T11:49:57.250+00:00"}));
+        stale.kind = "stale".into();
+        stale.to_state = Some("stale".into());
+        assert_eq!(detail(&stale), "running -> stale, last beat 10m 2s before");
+        let hung = event(serde_json::json!({"last_progress_at": "2026-12-01T11:55:00Z"}));
+        assert_eq!(detail(&hung), "running -> crashed, last progress 5m before");
+        let odd = event(serde_json::json!({"last_heartbeat": "yesterday"}));
+        assert_eq!(
+            detail(&odd),
+            "running -> crashed",
+            "a value it cannot read is left out"
+        );
+    }
 }
 
 /// `heartbeat-sidecar prune --gone-for 7d [--dry-run]`.

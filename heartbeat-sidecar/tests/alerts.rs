@@ -313,6 +313,44 @@ fn two_watchers_deliver_each_event_once_and_one_takes_over_when_the_other_stops(
     );
 }
 
+/// One cursor per webhook: while a watcher holds it, its `--on` is what is
+/// sent, so a watcher waiting with other kinds says which it cannot send.
+#[test]
+fn a_watcher_waiting_with_other_kinds_says_which_are_not_sent() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("heartbeat.db");
+    let receiver = Receiver::start();
+    let url = receiver.url(SECRET_PATH);
+    let a = Watcher::start(&db, &url, &["--every", "2s"], dir.path().join("a.log"));
+    let held = eventually(
+        Duration::from_secs(30),
+        "the first watcher holds it",
+        || holder(&db),
+    );
+    assert!(held.contains(&format!(" pid {} (", a.pid())), "{held}");
+    let b = Watcher::start(
+        &db,
+        &url,
+        &["--every", "2s", "--on", "crashed,started"],
+        dir.path().join("b.log"),
+    );
+    let said = eventually(Duration::from_secs(30), "the second says so", || {
+        b.log()
+            .lines()
+            .find(|l| l.contains("not this watcher's --on"))
+            .map(str::to_owned)
+    });
+    assert!(
+        said.contains("WARN")
+            && said.contains("sends breaker_opened,crashed,hung,stale")
+            && said.contains("started events are not sent")
+            && said.contains("the same --on"),
+        "{said}"
+    );
+    assert!(!a.log().contains("not this watcher's --on"), "{}", a.log());
+    assert_no_secret(&b.log());
+}
+
 #[test]
 fn a_watcher_without_a_webhook_or_with_a_bad_one_says_what_to_give() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -9,7 +9,7 @@ use crate::model::event::WorkerEvent;
 /// A watcher asks for the events after a webhook's cursor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AlertClaim {
-    /// The webhook's key: a digest of its URL, format and kinds, never the URL.
+    /// The webhook's key: a digest of its URL, never the URL.
     pub sink: String,
     /// The watcher asking (`user@host pid N`): one holds a sink at a time.
     pub holder: String,
@@ -35,6 +35,9 @@ pub struct AlertBatch {
     /// Who holds it.
     #[serde(default)]
     pub holder: Option<String>,
+    /// The kinds the holder sends.
+    #[serde(default)]
+    pub kinds: Vec<String>,
     /// Until when, unless renewed.
     #[serde(default)]
     pub lease_until: Option<DateTime<Utc>>,

@@ -15,6 +15,7 @@ create table if not exists hp_alert_cursor (
   sink text primary key check (length(sink) between 1 and 100),
   last_event_id integer not null,
   holder text check (length(holder) <= 200),
+  kinds text not null default '[]',
   lease_until text,
   lease_seconds integer not null default 120,
   delivered integer not null default 0,
@@ -44,17 +45,19 @@ pub(crate) fn claim(
          values (?1, ?2, ?3, ?4, ?4) on conflict (sink) do nothing",
         rusqlite::params![claim.sink, newest, claim.lease.as_secs(), stamp(now)],
     )?;
-    let (cursor, holder, lease_until): (i64, Option<String>, Option<String>) = tx.query_row(
-        "select last_event_id, holder, lease_until from hp_alert_cursor where sink = ?1",
-        [&claim.sink],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (cursor, holder, held_kinds, lease_until): (i64, Option<String>, String, Option<String>) =
+        tx.query_row(
+            "select last_event_id, holder, kinds, lease_until from hp_alert_cursor where sink = ?1",
+            [&claim.sink],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
     let lease_until = parse_time(lease_until);
     if let (Some(other), Some(until)) = (&holder, lease_until) {
         if *other != claim.holder && until > now {
             return Ok(AlertBatch {
                 held: false,
                 holder,
+                kinds: serde_json::from_str(&held_kinds).unwrap_or_default(),
                 lease_until: Some(until),
                 events: Vec::new(),
                 through: cursor,
@@ -63,12 +66,12 @@ pub(crate) fn claim(
     }
     let lease = chrono::Duration::from_std(claim.lease).unwrap_or(chrono::Duration::MAX);
     let until = now.checked_add_signed(lease).unwrap_or(now);
-    tx.execute(
-        "update hp_alert_cursor set holder = ?2, lease_until = ?3, lease_seconds = ?4, updated_at = ?5
-         where sink = ?1",
-        rusqlite::params![claim.sink, claim.holder, stamp(until), claim.lease.as_secs(), stamp(now)],
-    )?;
     let kinds = serde_json::to_string(&claim.kinds).unwrap_or_else(|_| "[]".into());
+    tx.execute(
+        "update hp_alert_cursor set holder = ?2, kinds = ?6, lease_until = ?3, lease_seconds = ?4, updated_at = ?5
+         where sink = ?1",
+        rusqlite::params![claim.sink, claim.holder, stamp(until), claim.lease.as_secs(), stamp(now), kinds],
+    )?;
     let mut statement = tx.prepare(&format!(
         "select {EVENT_COLUMNS} from hp_worker_events
          where id > ?1 and kind in (select value from json_each(?2)) order by id limit ?3"
@@ -86,6 +89,7 @@ pub(crate) fn claim(
     Ok(AlertBatch {
         held: true,
         holder: Some(claim.holder.clone()),
+        kinds: claim.kinds.clone(),
         lease_until: Some(until),
         events,
         through,

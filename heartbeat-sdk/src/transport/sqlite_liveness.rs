@@ -210,6 +210,16 @@ pub(crate) fn sweep(
             _ => None,
         };
         if let Some(kind) = kind {
+            // Since when, as hp_sweep() says it.
+            let since = match kind {
+                "stale" => row.last_heartbeat.map(|t| ("last_heartbeat", t)),
+                "hung" => row.last_progress_at.map(|t| ("last_progress_at", t)),
+                _ => None,
+            };
+            let detail = match since {
+                Some((key, t)) => serde_json::json!({ key: stamp(t) }),
+                None => serde_json::json!({}),
+            };
             record(
                 tx,
                 &row.worker_name,
@@ -218,7 +228,7 @@ pub(crate) fn sweep(
                     kind,
                     from: was,
                     to: Some(health.to_owned()),
-                    detail: serde_json::json!({}),
+                    detail,
                 }],
             )?;
         }

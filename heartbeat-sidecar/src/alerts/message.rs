@@ -35,8 +35,8 @@ pub fn body(event: &WorkerEvent, format: AlertFormat) -> Value {
 /// "order-executor crashed: exit code 1, Error: boom".
 pub fn text(event: &WorkerEvent) -> String {
     let what = match event.kind.as_str() {
-        "stale" => "went stale: no beat for 2.5 intervals",
-        "hung" => "is hung: running, but no progress",
+        "stale" => "went stale, its beats stopped",
+        "hung" => "is hung: running, but making no progress",
         "breaker_opened" => "cannot report: its circuit breaker opened",
         "breaker_closed" => "reports again: its circuit breaker closed",
         "vanished" => "vanished: a new instance started without the old one's last row",

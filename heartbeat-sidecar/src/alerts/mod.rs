@@ -387,6 +387,9 @@ impl Delivery {
                             "{}: {other} sends its events; this watcher takes over if it stops",
                             self.webhook.shown
                         );
+                        if let Some(differ) = kinds_differ(&self.claim.kinds, &batch.kinds) {
+                            tracing::warn!("{}: {other} {differ}", self.webhook.shown);
+                        }
                         held_by = Some(other);
                     }
                     Round::Done { full: false }
@@ -499,6 +502,38 @@ impl Delivery {
     }
 }
 
+/// What a waiting watcher says when the holder of its webhook sends other
+/// kinds than its own `--on`: one cursor per webhook, so while the holder
+/// holds it, its kinds are the ones sent. None when they match (or the
+/// holder's are not known).
+fn kinds_differ(own: &[String], theirs: &[String]) -> Option<String> {
+    if theirs.is_empty() {
+        return None;
+    }
+    let missing: Vec<&str> = own
+        .iter()
+        .filter(|k| !theirs.contains(k))
+        .map(String::as_str)
+        .collect();
+    let extra: Vec<&str> = theirs
+        .iter()
+        .filter(|k| !own.contains(k))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() && extra.is_empty() {
+        return None;
+    }
+    let mut said = format!("sends {}, not this watcher's --on", theirs.join(","));
+    if !missing.is_empty() {
+        said.push_str(&format!(
+            ": until it stops, {} events are not sent",
+            missing.join(", ")
+        ));
+    }
+    said.push_str(". Give every watcher of one webhook the same --on");
+    Some(said)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,5 +545,23 @@ mod tests {
         assert_eq!(retry_wait(s(4), Some(s(0))), s(4), "Retry-After: 0");
         assert_eq!(retry_wait(Duration::from_millis(500), Some(s(0))), s(1));
         assert_eq!(retry_wait(s(4), Some(s(120))), s(120));
+    }
+
+    #[test]
+    fn a_waiting_watcher_says_when_the_holder_sends_other_kinds() {
+        let kinds = |k: &str| k.split(',').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            kinds_differ(&kinds("crashed,stale"), &kinds("stale,crashed")),
+            None
+        );
+        assert_eq!(kinds_differ(&kinds("crashed"), &[]), None, "not known");
+        assert_eq!(
+            kinds_differ(&kinds("crashed,hung"), &kinds("crashed")).as_deref(),
+            Some("sends crashed, not this watcher's --on: until it stops, hung events are not sent. Give every watcher of one webhook the same --on")
+        );
+        assert_eq!(
+            kinds_differ(&kinds("crashed"), &kinds("crashed,started")).as_deref(),
+            Some("sends crashed,started, not this watcher's --on. Give every watcher of one webhook the same --on")
+        );
     }
 }
