@@ -159,19 +159,11 @@ begin
             order by ev.id desc limit 1) as was
     from changed c
   )
-  -- Since when: the last beat (the database's clock) for stale, the last
-  -- progress (the worker's) for hung; alerts say how long.
   insert into public.hp_worker_events (worker_name, kind, from_state, to_state, detail)
   select p.worker_name,
          case when p.health in ('stale', 'hung') then p.health else 'recovered' end,
-         p.was, p.health,
-         case p.health
-           when 'stale' then pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('last_heartbeat', w.last_heartbeat))
-           when 'hung' then pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('last_progress_at', w.last_progress_at))
-           else '{}'::jsonb
-         end
+         p.was, p.health, '{}'::jsonb
   from previous p
-  left join public.hp_worker_status w on w.worker_name = p.worker_name
   where p.health in ('stale', 'hung')
      or (p.health = 'running' and p.was in ('stale', 'hung'))
   returning *;

@@ -4,7 +4,8 @@
 -- that stay up, never twice: across restarts (the cursor is here, not in
 -- the watcher) and with several watchers running (one holds a webhook's
 -- cursor at a time, under a lease it renews; the others wait to take over).
--- See docs/alerts.md.
+-- See docs/alerts.md. At its end, hp_sweep() again, its stale and hung events
+-- now saying since when.
 --
 -- Needs 20261201000002_hp_events.sql. Idempotent like it.
 
@@ -148,3 +149,59 @@ revoke all on function public.hp_alert_release(text, text) from public, anon, au
 grant execute on function public.hp_alert_claim(text, text, text[], interval, integer) to service_role;
 grant execute on function public.hp_alert_ack(text, text, bigint, integer) to service_role;
 grant execute on function public.hp_alert_release(text, text) to service_role;
+
+-- The sweep of 20261201000002_hp_events.sql, whose stale and hung events now
+-- say since when (the alerts say "last beat 10m before"); the rest is as it
+-- was. Each worker's swept health is one row of hp_sweep_state; the upsert's
+-- row lock makes two sweeps at once record each transition once. Returns the
+-- events recorded.
+create or replace function public.hp_sweep(retain interval default interval '30 days')
+returns setof public.hp_worker_events
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  delete from public.hp_worker_events where at < pg_catalog.now() - retain;
+  return query
+  with current as (
+    select h.worker_name, h.health from public.hp_worker_health h
+  ),
+  changed as (
+    insert into public.hp_sweep_state as s (worker_name, health)
+    select c.worker_name, c.health from current c
+    on conflict (worker_name) do update
+      set health = excluded.health, since = pg_catalog.now()
+      where s.health is distinct from excluded.health
+    returning s.worker_name, s.health
+  ),
+  previous as (
+    select c.worker_name, c.health,
+           (select ev.to_state from public.hp_worker_events ev
+            where ev.worker_name = c.worker_name and ev.kind in ('stale', 'hung', 'recovered')
+            order by ev.id desc limit 1) as was
+    from changed c
+  )
+  -- Since when: the last beat (the database's clock) for stale, the last
+  -- progress (the worker's) for hung; alerts say how long.
+  insert into public.hp_worker_events (worker_name, kind, from_state, to_state, detail)
+  select p.worker_name,
+         case when p.health in ('stale', 'hung') then p.health else 'recovered' end,
+         p.was, p.health,
+         case p.health
+           when 'stale' then pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('last_heartbeat', w.last_heartbeat))
+           when 'hung' then pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('last_progress_at', w.last_progress_at))
+           else '{}'::jsonb
+         end
+  from previous p
+  left join public.hp_worker_status w on w.worker_name = p.worker_name
+  where p.health in ('stale', 'hung')
+     or (p.health = 'running' and p.was in ('stale', 'hung'))
+  returning *;
+  delete from public.hp_sweep_state s
+  where not exists (select 1 from public.hp_worker_status w where w.worker_name = s.worker_name);
+end
+$$;
+
+revoke all on function public.hp_sweep(interval) from public, anon, authenticated;
+grant execute on function public.hp_sweep(interval) to service_role;

@@ -92,6 +92,7 @@ fn one_watcher_holds_a_webhook_and_hands_it_over() {
     let other = claim(&db, "ops@b pid 2");
     assert!(!other.held && other.events.is_empty(), "{other:?}");
     assert_eq!(other.holder.as_deref(), Some("ops@a pid 1"));
+    assert_eq!(other.kinds, ["crashed", "stale"], "and what it sends");
     assert!(
         !ack(&db, "ops@b pid 2", stale),
         "a watcher not holding it cannot move the cursor"

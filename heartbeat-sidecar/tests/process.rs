@@ -868,3 +868,91 @@ async fn a_key_of_another_role_is_warned_about_at_start() {
     );
     assert_eq!(out.status.code(), Some(0), "the worker ran: {said}");
 }
+
+/// A worker (`sh`) that starts a helper in its group, then, on SIGTERM,
+/// waits for the helper to say how its own SIGTERM found the worker: alive
+/// (the signal reached the whole group at once) or gone (it came after the
+/// worker ended). `$MARK.ready` once the helper traps, `$MARK.worker` (the
+/// worker's pid) once the worker got its SIGTERM, `$MARK.helper` the answer.
+const GROUP_SCRIPT: &str = r#"w=$$
+( trap 'if kill -0 "$w" 2>/dev/null; then s=alive; else s=gone; fi; echo "$s" > "$MARK.tmp"; mv "$MARK.tmp" "$MARK.helper"; exit 0' TERM
+  : > "$MARK.ready"
+  while :; do sleep 0.05; done ) &
+trap 'echo "$w" > "$MARK.worker"; while [ ! -e "$MARK.helper" ]; do sleep 0.05; done; exit 0' TERM
+while :; do sleep 0.05; done"#;
+
+fn group_worker(
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> (std::process::Child, std::path::PathBuf) {
+    let mark = dir.join("mark");
+    let mut cmd = sidecar();
+    cmd.env("HP_STORE", dir.join("group.db"))
+        .env("HP_LOG", "warn")
+        .env("MARK", &mark)
+        .args(["run", "--name", "group"])
+        .args(extra)
+        .args(["--", "sh", "-c", GROUP_SCRIPT]);
+    let child = quiet(&mut cmd).spawn().expect("spawn");
+    let ready = mark.with_extension("ready");
+    eventually(Duration::from_secs(10), "the helper traps SIGTERM", || {
+        ready.exists().then_some(())
+    });
+    (child, mark)
+}
+
+fn read_mark(mark: &std::path::Path, ext: &str) -> Option<String> {
+    std::fs::read_to_string(mark.with_extension(ext))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// `--signal-group` (`docker stop` as tini's -g): the SIGTERM the sidecar
+/// gets reaches what the worker started while the worker still runs.
+#[test]
+fn with_signal_group_sigterm_reaches_the_workers_whole_group_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (child, mark) = group_worker(dir.path(), &["--signal-group"]);
+    // Killed if the test fails; its guard then ends the worker's group.
+    let mut fleet = Fleet(vec![child]);
+    let child = &mut fleet.0[0];
+    kill(child.id() as i32, libc::SIGTERM);
+    // Without the group the worker would wait for the helper forever.
+    let said = eventually(Duration::from_secs(20), "the helper answers", || {
+        read_mark(&mark, "helper")
+    });
+    assert_eq!(said, "alive", "the helper got SIGTERM while the worker ran");
+    let status = eventually(Duration::from_secs(20), "the sidecar ends", || {
+        child.try_wait().ok().flatten()
+    });
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// Without it only the worker gets the SIGTERM: its helper is ended by the
+/// sidecar once the worker is gone (here killed, as `docker stop` does
+/// after its timeout), not before.
+#[test]
+fn without_signal_group_sigterm_reaches_only_the_worker() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (child, mark) = group_worker(dir.path(), &[]);
+    let mut fleet = Fleet(vec![child]);
+    let child = &mut fleet.0[0];
+    kill(child.id() as i32, libc::SIGTERM);
+    let worker: i32 = eventually(Duration::from_secs(20), "the worker gets SIGTERM", || {
+        read_mark(&mark, "worker").and_then(|p| p.parse().ok())
+    });
+    assert_eq!(
+        read_mark(&mark, "helper"),
+        None,
+        "the helper got nothing yet"
+    );
+    kill(worker, libc::SIGKILL);
+    let said = eventually(Duration::from_secs(20), "the helper answers", || {
+        read_mark(&mark, "helper")
+    });
+    assert_eq!(said, "gone", "the helper's SIGTERM came after the worker");
+    eventually(Duration::from_secs(20), "the sidecar ends", || {
+        child.try_wait().ok().flatten()
+    });
+}
