@@ -123,51 +123,6 @@ pub(crate) fn detail(e: &WorkerEvent) -> String {
     parts.join(", ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(detail: serde_json::Value) -> WorkerEvent {
-        serde_json::from_value(serde_json::json!({
-            "id": 7, "at": "2026-12-01T12:00:00Z", "worker_name": "pnl-job",
-            "kind": "crashed", "from_state": "running", "to_state": "crashed",
-            "detail": detail,
-        }))
-        .expect("an event")
-    }
-
-    #[test]
-    fn the_sidecars_own_words_for_a_silent_exit_are_not_said_twice() {
-        let silent = event(serde_json::json!({"exit_code": 7, "error": "exited with code 7"}));
-        assert_eq!(detail(&silent), "running -> crashed, exit code 7");
-        let killed =
-            event(serde_json::json!({"exit_signal": 9, "error": "killed by signal SIGKILL"}));
-        assert_eq!(detail(&killed), "running -> crashed, signal SIGKILL");
-        let told = event(serde_json::json!({"exit_code": 1, "error": "at main.js:3\nError: boom"}));
-        assert_eq!(
-            detail(&told),
-            "running -> crashed, exit code 1, Error: boom"
-        );
-    }
-
-    #[test]
-    fn the_sweeps_since_when_reads_as_a_span_before_the_event() {
-        let mut stale =
-            event(serde_json::json!({"last_heartbeat": "2026-12-01T11:49:57.250+00:00"}));
-        stale.kind = "stale".into();
-        stale.to_state = Some("stale".into());
-        assert_eq!(detail(&stale), "running -> stale, last beat 10m 2s before");
-        let hung = event(serde_json::json!({"last_progress_at": "2026-12-01T11:55:00Z"}));
-        assert_eq!(detail(&hung), "running -> crashed, last progress 5m before");
-        let odd = event(serde_json::json!({"last_heartbeat": "yesterday"}));
-        assert_eq!(
-            detail(&odd),
-            "running -> crashed",
-            "a value it cannot read is left out"
-        );
-    }
-}
-
 /// `heartbeat-sidecar prune --gone-for 7d [--dry-run]`.
 pub async fn prune(args: PruneArgs) -> Exit {
     let (_, operator) = match crate::fleet::open_or_usage(&args.store) {
@@ -211,4 +166,49 @@ pub async fn prune(args: PruneArgs) -> Exit {
         );
     }
     Exit::Code(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(detail: serde_json::Value) -> WorkerEvent {
+        serde_json::from_value(serde_json::json!({
+            "id": 7, "at": "2026-12-01T12:00:00Z", "worker_name": "pnl-job",
+            "kind": "crashed", "from_state": "running", "to_state": "crashed",
+            "detail": detail,
+        }))
+        .expect("an event")
+    }
+
+    #[test]
+    fn the_sidecars_own_words_for_a_silent_exit_are_not_said_twice() {
+        let silent = event(serde_json::json!({"exit_code": 7, "error": "exited with code 7"}));
+        assert_eq!(detail(&silent), "running -> crashed, exit code 7");
+        let killed =
+            event(serde_json::json!({"exit_signal": 9, "error": "killed by signal SIGKILL"}));
+        assert_eq!(detail(&killed), "running -> crashed, signal SIGKILL");
+        let told = event(serde_json::json!({"exit_code": 1, "error": "at main.js:3\nError: boom"}));
+        assert_eq!(
+            detail(&told),
+            "running -> crashed, exit code 1, Error: boom"
+        );
+    }
+
+    #[test]
+    fn the_sweeps_since_when_reads_as_a_span_before_the_event() {
+        let mut stale =
+            event(serde_json::json!({"last_heartbeat": "2026-12-01T11:49:57.250+00:00"}));
+        stale.kind = "stale".into();
+        stale.to_state = Some("stale".into());
+        assert_eq!(detail(&stale), "running -> stale, last beat 10m 2s before");
+        let hung = event(serde_json::json!({"last_progress_at": "2026-12-01T11:55:00Z"}));
+        assert_eq!(detail(&hung), "running -> crashed, last progress 5m before");
+        let odd = event(serde_json::json!({"last_heartbeat": "yesterday"}));
+        assert_eq!(
+            detail(&odd),
+            "running -> crashed",
+            "a value it cannot read is left out"
+        );
+    }
 }
