@@ -39,7 +39,7 @@ grant select, insert, update, delete on table public.hp_alert_cursor to service_
 -- the events of other kinds too). While another watcher's lease runs:
 --   {"held": false, "holder": <theirs>, "kinds": <theirs>, "lease_until": ..., "events": []}.
 -- A sink seen for the first time starts at the newest event: only what
--- happens from now on is sent.
+-- happens from now on is sent. Sinks no watcher claimed for 30 days go.
 create or replace function public.hp_alert_claim(
   sink text,
   holder text,
@@ -79,6 +79,13 @@ begin
   -- (55P03) and the watcher tries again next round.
   lock table public.hp_worker_events in share mode;
   select coalesce(max(e.id), 0) into newest from public.hp_worker_events e;
+  -- A webhook no watcher has claimed for 30 days (its URL changed, or it was
+  -- removed) is forgotten, as events are after 30 days; should it come back,
+  -- it starts at the newest event.
+  delete from public.hp_alert_cursor c
+   where c.updated_at < pg_catalog.now() - interval '30 days'
+     and (c.lease_until is null or c.lease_until < pg_catalog.now())
+     and c.sink <> hp_alert_claim.sink;
   insert into public.hp_alert_cursor as c (sink, last_event_id, lease)
   values (hp_alert_claim.sink, newest, hp_alert_claim.lease)
   on conflict on constraint hp_alert_cursor_pkey do nothing;

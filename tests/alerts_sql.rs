@@ -219,3 +219,82 @@ fn a_claim_without_kinds_is_refused() {
     let err = rpc(&db, &service(), "hp_alert_claim", &body).expect_err("no kinds");
     assert!(err.contains("22023") && err.contains("no kinds"), "{err}");
 }
+
+/// A webhook no watcher has claimed for 30 days (its URL changed, or it was
+/// removed) is forgotten at the next claim of another, unless its lease
+/// still runs; the same in the local store.
+#[test]
+fn a_webhook_no_watcher_claimed_for_30_days_is_forgotten() {
+    let Some(db) = migrated("alerts_forget") else {
+        return;
+    };
+    db.sql(
+        "insert into hp_alert_cursor (sink, last_event_id, updated_at, holder, lease_until) values
+           ('webhook-gone', 0, now() - interval '31 days', null, null),
+           ('webhook-held-long', 0, now() - interval '31 days', 'ops@c pid 3', now() + interval '1 day'),
+           ('webhook-quiet', 0, now() - interval '29 days', null, null);",
+    )
+    .expect("old cursors");
+    assert!(claim(&db, "ops@a pid 1").held);
+    assert_eq!(
+        db.sql("select string_agg(sink, ',' order by sink) from hp_alert_cursor;")
+            .as_deref(),
+        Ok("webhook-0123456789abcdef0123456789abcdef,webhook-held-long,webhook-quiet")
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("alerts.db");
+    let store = heartbeat_sdk::sidecar::SqliteStore::new(&path);
+    assert!(
+        store
+            .alert_claim(&claim_for("ops@a pid 1"))
+            .expect("claim")
+            .held
+    );
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let ago = |days: i64| {
+        (chrono::Utc::now() - chrono::Duration::days(days))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let later = (chrono::Utc::now() + chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    for (sink, updated, holder, lease) in [
+        ("webhook-gone", ago(31), None, None),
+        (
+            "webhook-held-long",
+            ago(31),
+            Some("ops@c pid 3"),
+            Some(later),
+        ),
+        ("webhook-quiet", ago(29), None, None),
+    ] {
+        conn.execute(
+            "insert into hp_alert_cursor (sink, last_event_id, holder, lease_until, created_at, updated_at) values (?1, 0, ?2, ?3, ?4, ?4)",
+            rusqlite::params![sink, holder, lease, updated],
+        )
+        .expect("old cursor");
+    }
+    assert!(
+        store
+            .alert_claim(&claim_for("ops@a pid 1"))
+            .expect("claim")
+            .held
+    );
+    let mut left: Vec<String> = conn
+        .prepare("select sink from hp_alert_cursor order by sink")
+        .expect("select")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("sinks");
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "webhook-0123456789abcdef0123456789abcdef",
+            "webhook-held-long",
+            "webhook-quiet"
+        ],
+        "the local store forgets alike"
+    );
+}

@@ -23,6 +23,10 @@ create table if not exists hp_alert_cursor (
   updated_at text not null
 );";
 
+/// A cursor no watcher claimed for this long is forgotten (events are kept
+/// 30 days by default too).
+const FORGET_AFTER_DAYS: i64 = 30;
+
 /// `hp_alert_claim()`, in the caller's IMMEDIATE transaction `tx`.
 pub(crate) fn claim(
     tx: &Connection,
@@ -39,6 +43,16 @@ pub(crate) fn claim(
         "select coalesce(max(id), 0) from hp_worker_events",
         [],
         |r| r.get(0),
+    )?;
+    // As hp_alert_claim(): a webhook no watcher claimed for 30 days goes.
+    tx.execute(
+        "delete from hp_alert_cursor where updated_at < ?1
+           and (lease_until is null or lease_until < ?2) and sink <> ?3",
+        rusqlite::params![
+            stamp(now - chrono::Duration::days(FORGET_AFTER_DAYS)),
+            stamp(now),
+            claim.sink
+        ],
     )?;
     tx.execute(
         "insert into hp_alert_cursor (sink, last_event_id, lease_seconds, created_at, updated_at)
