@@ -25,6 +25,9 @@ create table if not exists public.hp_alert_cursor (
   updated_at    timestamptz not null default now()
 );
 
+-- A store made by a pre-release of this file lacks it.
+alter table public.hp_alert_cursor add column if not exists kinds text[] not null default '{}';
+
 comment on table public.hp_alert_cursor is
   'Where each alerts webhook is in hp_worker_events, and which watcher holds it: written by hp_alert_claim() and hp_alert_ack().';
 
@@ -81,11 +84,11 @@ begin
   select coalesce(max(e.id), 0) into newest from public.hp_worker_events e;
   -- A webhook no watcher has claimed for 30 days (its URL changed, or it was
   -- removed) is forgotten, as events are after 30 days; should it come back,
-  -- it starts at the newest event.
+  -- it starts at the newest event (a month of old alerts helps no one). A
+  -- watcher renews its own every round, so a live one is never caught.
   delete from public.hp_alert_cursor c
    where c.updated_at < pg_catalog.now() - interval '30 days'
-     and (c.lease_until is null or c.lease_until < pg_catalog.now())
-     and c.sink <> hp_alert_claim.sink;
+     and (c.lease_until is null or c.lease_until < pg_catalog.now());
   insert into public.hp_alert_cursor as c (sink, last_event_id, lease)
   values (hp_alert_claim.sink, newest, hp_alert_claim.lease)
   on conflict on constraint hp_alert_cursor_pkey do nothing;
@@ -189,15 +192,19 @@ begin
             order by ev.id desc limit 1) as was
     from changed c
   )
-  -- Since when: the last beat (the database's clock) for stale, the last
-  -- progress (the worker's) for hung; alerts say how long.
+  -- Since when: the last beat for stale; for hung the last progress and the
+  -- run's start, on the database's clock (the worker's corrected by
+  -- last_heartbeat - client_heartbeat, as the view does); alerts say how long.
   insert into public.hp_worker_events (worker_name, kind, from_state, to_state, detail)
   select p.worker_name,
          case when p.health in ('stale', 'hung') then p.health else 'recovered' end,
          p.was, p.health,
          case p.health
            when 'stale' then pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('last_heartbeat', w.last_heartbeat))
-           when 'hung' then pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('last_progress_at', w.last_progress_at))
+           when 'hung' then pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+             'last_progress_at', w.last_progress_at + (w.last_heartbeat - coalesce(w.client_heartbeat, w.last_heartbeat)),
+             'run_started_at', case when w.run_state = 'running'
+                                    then w.run_started_at + (w.last_heartbeat - coalesce(w.client_heartbeat, w.last_heartbeat)) end))
            else '{}'::jsonb
          end
   from previous p

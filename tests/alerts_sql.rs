@@ -241,6 +241,12 @@ fn a_webhook_no_watcher_claimed_for_30_days_is_forgotten() {
             .as_deref(),
         Ok("webhook-0123456789abcdef0123456789abcdef,webhook-held-long,webhook-quiet")
     );
+    // A watcher back after a month starts anew: no month of old alerts.
+    event(&db, "w-old", "crashed");
+    db.sql("update hp_alert_cursor set last_event_id = 0, holder = null, lease_until = null, updated_at = now() - interval '31 days' where sink like 'webhook-0123%';")
+        .expect("a month away");
+    let back = claim(&db, "ops@a pid 1");
+    assert!(back.held && back.events.is_empty(), "{back:?}");
 
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("alerts.db");

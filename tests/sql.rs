@@ -1302,3 +1302,81 @@ fn a_nul_byte_and_huge_metadata_never_cost_the_row() {
     assert_eq!(back["metadata"]["note"], "a\u{FFFD}b");
     assert_eq!(back["metadata"]["hp_dropped_keys"], json!(["blob"]));
 }
+
+/// A hung event says since when on the store's clock: its last progress and
+/// its run's start, the worker's stamps corrected by its clock's offset (7 s
+/// ahead here), on PostgreSQL and on the local store alike.
+#[test]
+fn a_hung_event_says_since_when_on_the_stores_clock_in_both_stores() {
+    let Some(db) = migrated("hung_since") else {
+        return;
+    };
+    db.sql(
+        "insert into hp_worker_status (worker_name, instance_id, status, watchdog_seconds, state, run_state,
+                                       client_heartbeat, last_progress_at, run_started_at)
+         values ('stuck', gen_random_uuid(), 'running', 60, 'active', 'running',
+                 now() + interval '7 seconds', now() - interval '10 minutes' + interval '7 seconds',
+                 now() - interval '20 minutes' + interval '7 seconds');",
+    )
+    .expect("a stuck worker");
+    db.sql("select count(*) from hp_sweep();").expect("sweep");
+    let off = |key: &str, minutes: i64| {
+        format!(
+            "abs(extract(epoch from (detail->>'{key}')::timestamptz - (now() - interval '{minutes} minutes'))) < 5"
+        )
+    };
+    assert_eq!(
+        db.sql(&format!(
+            "select {} and {} from hp_worker_events where kind = 'hung';",
+            off("last_progress_at", 10),
+            off("run_started_at", 20)
+        ))
+        .as_deref(),
+        Ok("t"),
+        "{:?}",
+        db.sql("select detail from hp_worker_events where kind = 'hung';")
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("hung.db");
+    let store = heartbeat_sdk::sidecar::SqliteStore::new(&path);
+    let mut row = serde_json::from_value::<heartbeat_sdk::WorkerRow>(sdk_rows().remove(0))
+        .expect("an SDK row");
+    row.worker_name = "stuck".into();
+    row.status = WorkerStatus::Running;
+    store.write(&row).expect("write");
+    let now = chrono::Utc::now();
+    let stamp =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let ahead = chrono::Duration::seconds(7);
+    rusqlite::Connection::open(&path)
+        .expect("open")
+        .execute(
+            "update hp_worker_status set watchdog_seconds = 60, state = 'active', run_state = 'running',
+                    last_heartbeat = ?1, client_heartbeat = ?2, last_progress_at = ?3, run_started_at = ?4",
+            [
+                stamp(now),
+                stamp(now + ahead),
+                stamp(now - chrono::Duration::minutes(10) + ahead),
+                stamp(now - chrono::Duration::minutes(20) + ahead),
+            ],
+        )
+        .expect("stuck");
+    store.sweep(chrono::Duration::days(30)).expect("sweep");
+    let hung = store
+        .events(None, Some("stuck"))
+        .expect("events")
+        .into_iter()
+        .find(|e| e.kind == "hung")
+        .expect("a hung event");
+    for (key, minutes) in [("last_progress_at", 10), ("run_started_at", 20)] {
+        let at = hung.detail[key]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .unwrap_or_else(|| panic!("{key} in {:?}", hung.detail));
+        let off = (at.with_timezone(&chrono::Utc) - (now - chrono::Duration::minutes(minutes)))
+            .num_seconds()
+            .abs();
+        assert!(off < 5, "{key} {off} s off: {:?}", hung.detail);
+    }
+}

@@ -189,7 +189,9 @@ impl Heartbeat {
 
     /// Sends the final `stopped` row and stops beating, blocking at most the
     /// shutdown budget. Returns true when the row was stored. Dropping the
-    /// handle does the same; this says whether it worked.
+    /// handle does the same; this says whether it worked. After SIGTERM or
+    /// SIGINT it does not return: the process ends by the signal once the
+    /// final rows are sent.
     ///
     /// In async code, call it from `tokio::task::spawn_blocking` (or drop the
     /// handle there) so a runtime thread is not held for up to the budget.

@@ -94,10 +94,11 @@ pub(crate) fn detail(e: &WorkerEvent) -> String {
     {
         parts.push(format!("restart {n}"));
     }
-    // The sweep's "since when", as a span before the event.
+    // The sweep's "since when", as spans up to the event.
     for (key, what) in [
-        ("last_heartbeat", "last beat"),
-        ("last_progress_at", "last progress"),
+        ("last_heartbeat", "no beat for"),
+        ("last_progress_at", "no progress for"),
+        ("run_started_at", "its run has gone on for"),
     ] {
         let since = d
             .get(key)
@@ -108,10 +109,7 @@ pub(crate) fn detail(e: &WorkerEvent) -> String {
                 .to_std()
                 .unwrap_or_default();
             let whole = std::time::Duration::from_secs(span.as_secs());
-            parts.push(format!(
-                "{what} {} before",
-                humantime::format_duration(whole)
-            ));
+            parts.push(format!("{what} {}", humantime::format_duration(whole)));
         }
     }
     if let Some(error) = d.get("error").and_then(|v| v.as_str()) {
@@ -196,14 +194,19 @@ mod tests {
     }
 
     #[test]
-    fn the_sweeps_since_when_reads_as_a_span_before_the_event() {
+    fn the_sweeps_since_when_reads_as_spans_up_to_the_event() {
         let mut stale =
             event(serde_json::json!({"last_heartbeat": "2026-12-01T11:49:57.250+00:00"}));
         stale.kind = "stale".into();
         stale.to_state = Some("stale".into());
-        assert_eq!(detail(&stale), "running -> stale, last beat 10m 2s before");
-        let hung = event(serde_json::json!({"last_progress_at": "2026-12-01T11:55:00Z"}));
-        assert_eq!(detail(&hung), "running -> crashed, last progress 5m before");
+        assert_eq!(detail(&stale), "running -> stale, no beat for 10m 2s");
+        let hung = event(serde_json::json!({
+            "last_progress_at": "2026-12-01T11:59:57Z", "run_started_at": "2026-12-01T11:48:00Z"
+        }));
+        assert_eq!(
+            detail(&hung),
+            "running -> crashed, no progress for 3s, its run has gone on for 12m"
+        );
         let odd = event(serde_json::json!({"last_heartbeat": "yesterday"}));
         assert_eq!(
             detail(&odd),

@@ -48,21 +48,28 @@ pub(crate) fn watch(shared: &Arc<Shared>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn stop_all() {
-    let live: Vec<Arc<Shared>> = WATCHED
+fn live() -> Vec<Arc<Shared>> {
+    WATCHED
         .lock()
         .map(|w| w.iter().filter_map(Weak::upgrade).collect())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn longest_budget() -> Duration {
+    live()
+        .iter()
+        .map(|i| i.shutdown_budget)
+        .max()
+        .unwrap_or_default()
+}
+
+fn stop_all() {
+    let live = live();
     for shared in &live {
         shared.request_stop(FinalState::default());
     }
     // They send in parallel; wait for the slowest, each bounded by its budget.
-    let longest = live
-        .iter()
-        .map(|i| i.shutdown_budget)
-        .max()
-        .unwrap_or_default();
-    let deadline = std::time::Instant::now() + longest + Duration::from_millis(50);
+    let deadline = std::time::Instant::now() + longest_budget() + Duration::from_millis(50);
     for shared in &live {
         shared.wait_done(deadline.saturating_duration_since(std::time::Instant::now()));
     }
@@ -81,11 +88,10 @@ pub(crate) fn end_as_signaled() {
     if signal == 0 {
         return;
     }
+    // stop_all is bounded by the longest budget; this bound is a fuse.
+    let fuse = longest_budget() + Duration::from_secs(1);
     if let Ok(sent) = ALL_SENT.0.lock() {
-        // stop_all is bounded by the longest budget; this bound is a fuse.
-        let _ = ALL_SENT
-            .1
-            .wait_timeout_while(sent, Duration::from_secs(60), |sent| !*sent);
+        let _ = ALL_SENT.1.wait_timeout_while(sent, fuse, |sent| !*sent);
     }
     let _ = signal_hook::low_level::emulate_default_handler(signal);
     std::process::exit(128 + signal);

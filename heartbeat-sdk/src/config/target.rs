@@ -290,7 +290,8 @@ impl StoreSettings {
 
     /// [`resolve`](Self::resolve) for a reader: when the local store is not
     /// named, the first of [`local_read_candidates`] that exists (an admin's
-    /// `status` finds the services' store), with the list looked at.
+    /// `status` finds the services' store; a service reads its own), with
+    /// the list looked at.
     pub(crate) fn resolve_for_reading(&self) -> Result<(Target, Vec<PathBuf>), ConfigError> {
         let target = self.resolve()?;
         let defaulted = match &self.store {
@@ -396,8 +397,10 @@ fn choose_write_path(
     }
 }
 
-/// Where a reader looks when `HP_STORE` does not say, in order: the first
-/// that exists is read. An admin's `status` so finds the services' store.
+/// Where a reader looks when `HP_STORE` does not say: in a systemd service
+/// its `$STATE_DIRECTORY` store alone; elsewhere, in order, the user's and
+/// the system store, the first that exists read. An admin's `status` so
+/// finds the services' store.
 pub(crate) fn local_read_candidates() -> Vec<PathBuf> {
     read_candidates(state_directory(), user_store_path())
 }

@@ -47,11 +47,10 @@ pub(crate) fn claim(
     // As hp_alert_claim(): a webhook no watcher claimed for 30 days goes.
     tx.execute(
         "delete from hp_alert_cursor where updated_at < ?1
-           and (lease_until is null or lease_until < ?2) and sink <> ?3",
+           and (lease_until is null or lease_until < ?2)",
         rusqlite::params![
             stamp(now - chrono::Duration::days(FORGET_AFTER_DAYS)),
-            stamp(now),
-            claim.sink
+            stamp(now)
         ],
     )?;
     tx.execute(

@@ -210,16 +210,31 @@ pub(crate) fn sweep(
             _ => None,
         };
         if let Some(kind) = kind {
-            // Since when, as hp_sweep() says it.
-            let since = match kind {
-                "stale" => row.last_heartbeat.map(|t| ("last_heartbeat", t)),
-                "hung" => row.last_progress_at.map(|t| ("last_progress_at", t)),
-                _ => None,
+            // Since when, as hp_sweep() says it: the worker's times on the
+            // store's clock.
+            let skew = match (row.last_heartbeat, row.client_heartbeat) {
+                (Some(stored), Some(sent)) => stored - sent,
+                _ => chrono::Duration::zero(),
             };
-            let detail = match since {
-                Some((key, t)) => serde_json::json!({ key: stamp(t) }),
-                None => serde_json::json!({}),
+            let mut since = serde_json::Map::new();
+            let mut put = |key: &str, t: Option<DateTime<Utc>>| {
+                if let Some(t) = t {
+                    since.insert(key.to_owned(), stamp(t).into());
+                }
             };
+            match kind {
+                "stale" => put("last_heartbeat", row.last_heartbeat),
+                "hung" => {
+                    put("last_progress_at", row.last_progress_at.map(|t| t + skew));
+                    let running = row.run_state.as_deref() == Some("running");
+                    put(
+                        "run_started_at",
+                        row.run_started_at.filter(|_| running).map(|t| t + skew),
+                    );
+                }
+                _ => {}
+            }
+            let detail = serde_json::Value::Object(since);
             record(
                 tx,
                 &row.worker_name,

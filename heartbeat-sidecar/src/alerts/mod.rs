@@ -527,7 +527,7 @@ fn kinds_differ(own: &[String], theirs: &[String]) -> Option<String> {
     if !missing.is_empty() {
         said.push_str(&format!(
             ": until it stops, {} events are not sent",
-            missing.join(", ")
+            missing.join(",")
         ));
     }
     said.push_str(". Give every watcher of one webhook the same --on");
