@@ -304,3 +304,36 @@ fn a_webhook_no_watcher_claimed_for_30_days_is_forgotten() {
         "the local store forgets alike"
     );
 }
+
+/// A local store whose `hp_alert_cursor` was made before the `kinds` column
+/// gains it when opened, as PostgreSQL's `add column if not exists` does.
+#[test]
+fn a_local_store_made_before_the_kinds_column_gains_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("old.db");
+    rusqlite::Connection::open(&path)
+        .expect("open")
+        .execute_batch(
+            "create table hp_alert_cursor (
+               sink text primary key check (length(sink) between 1 and 100),
+               last_event_id integer not null,
+               holder text check (length(holder) <= 200),
+               lease_until text,
+               lease_seconds integer not null default 120,
+               delivered integer not null default 0,
+               created_at text not null,
+               updated_at text not null
+             );",
+        )
+        .expect("the old table");
+    let store = heartbeat_sdk::sidecar::SqliteStore::new(&path);
+    assert!(
+        store
+            .alert_claim(&claim_for("ops@a pid 1"))
+            .expect("claim")
+            .held
+    );
+    let other = store.alert_claim(&claim_for("ops@b pid 2")).expect("claim");
+    assert!(!other.held);
+    assert_eq!(other.kinds, ["crashed", "stale"], "{other:?}");
+}

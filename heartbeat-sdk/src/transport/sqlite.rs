@@ -655,24 +655,42 @@ fn prepare(path: &Path) -> rusqlite::Result<Connection> {
 
 fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
-    let existing: Vec<String> = conn
-        .prepare("select name from pragma_table_info('hp_worker_status')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (name, definition) in ADDED_COLUMNS
-        .iter()
-        .chain(&crate::transport::sqlite_liveness::COLUMNS)
-    {
-        if !existing.iter().any(|c| c == name) {
-            conn.execute_batch(&format!(
-                "alter table hp_worker_status add column {name} {definition}"
-            ))?;
-        }
-    }
+    add_missing_columns(
+        conn,
+        "hp_worker_status",
+        ADDED_COLUMNS
+            .iter()
+            .chain(&crate::transport::sqlite_liveness::COLUMNS),
+    )?;
     conn.execute_batch(crate::transport::sqlite_control::SCHEMA)?;
     conn.execute_batch(crate::transport::sqlite_liveness::SCHEMA)?;
     conn.execute_batch(crate::transport::sqlite_alerts::SCHEMA)?;
+    add_missing_columns(
+        conn,
+        "hp_alert_cursor",
+        &crate::transport::sqlite_alerts::ADDED_COLUMNS,
+    )?;
     conn.execute_batch(crate::transport::sqlite_rollout::SCHEMA)
+}
+
+/// A store made by an older version gains the columns its table lacks.
+fn add_missing_columns<'a>(
+    conn: &Connection,
+    table: &str,
+    columns: impl IntoIterator<Item = &'a (&'a str, &'a str)>,
+) -> rusqlite::Result<()> {
+    let existing: Vec<String> = conn
+        .prepare(&format!("select name from pragma_table_info('{table}')"))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, definition) in columns {
+        if !existing.iter().any(|c| c == name) {
+            conn.execute_batch(&format!(
+                "alter table {table} add column {name} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {

@@ -23,6 +23,9 @@ create table if not exists hp_alert_cursor (
   updated_at text not null
 );";
 
+/// Columns added since the table was first made, for stores made before.
+pub(crate) const ADDED_COLUMNS: [(&str, &str); 1] = [("kinds", "text not null default '[]'")];
+
 /// A cursor no watcher claimed for this long is forgotten (events are kept
 /// 30 days by default too).
 const FORGET_AFTER_DAYS: i64 = 30;
