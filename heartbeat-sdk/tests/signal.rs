@@ -88,6 +88,14 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitS
     status
 }
 
+/// The child's exit status, waited for off the runtime (at most 5 s).
+async fn ended(mut child: Child) -> std::process::ExitStatus {
+    tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
+        .await
+        .expect("join")
+        .expect("the child ended")
+}
+
 fn signal(child: &Child, sig: i32) {
     let pid = i32::try_from(child.id()).expect("pid");
     // SAFETY: kill(2) with a pid we spawned and a valid signal number.
@@ -97,16 +105,13 @@ fn signal(child: &Child, sig: i32) {
 
 async fn final_row_on(sig: i32) {
     let (server, recorder) = accepting_server().await;
-    let mut child = spawn_child(&server);
+    let child = spawn_child(&server);
     let _guard = guard(&child);
     let got = wait_for_requests(&server, 1, Duration::from_secs(10)).await;
     assert_eq!(body(&got[0])["status"], "running");
     let t0 = Instant::now();
     signal(&child, sig);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-        .await
-        .expect("join")
-        .expect("the child ended");
+    let status = ended(child).await;
     let exited_after = t0.elapsed();
     assert_eq!(
         status.signal(),
@@ -151,15 +156,12 @@ async fn a_hanging_server_cannot_hold_the_shutdown_past_the_budget() {
         .respond_with(ResponseTemplate::new(201).set_delay(Duration::from_secs(30)))
         .mount(&server)
         .await;
-    let mut child = spawn_child(&server);
+    let child = spawn_child(&server);
     let _guard = guard(&child);
     wait_for_requests(&server, 1, Duration::from_secs(10)).await;
     let t0 = Instant::now();
     signal(&child, libc::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-        .await
-        .expect("join")
-        .expect("the child ended");
+    let status = ended(child).await;
     let took = t0.elapsed();
     assert_eq!(status.signal(), Some(libc::SIGTERM));
     // Budget 1 s; PM2 kills at 1.6 s.
@@ -184,7 +186,7 @@ async fn returning_from_main_when_asked_to_exit_still_ends_by_the_signal() {
         .respond_with(ResponseTemplate::new(201))
         .mount(&server)
         .await;
-    let mut child = spawn_named_child(&server, "child_worker_that_returns_when_asked_to_exit");
+    let child = spawn_named_child(&server, "child_worker_that_returns_when_asked_to_exit");
     let _guard = guard(&child);
     let running = |name: &'static str| {
         let server = &server;
@@ -205,10 +207,7 @@ async fn returning_from_main_when_asked_to_exit_still_ends_by_the_signal() {
         beats(&server).await.iter().map(body).collect::<Vec<_>>()
     );
     signal(&child, libc::SIGTERM);
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(5)))
-        .await
-        .expect("join")
-        .expect("the child ended");
+    let status = ended(child).await;
     assert_eq!(
         status.signal(),
         Some(libc::SIGTERM),

@@ -368,35 +368,35 @@ fn a_watcher_without_a_webhook_or_with_a_bad_one_says_what_to_give() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, err) = run(&[]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("HP_ALERT_WEBHOOKS"), "{err}");
-    let (code, err) = run(&["--webhook", "hooks.example.com/x"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("give the whole URL"), "{err}");
-    let (code, err) = run(&[
-        "--webhook",
-        "https://example.com/x",
-        "--on",
-        "crashed,exploded",
-    ]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("no event kind `exploded`"), "{err}");
-    let (code, err) = run(&[
-        "--webhook",
-        "https://example.com/x",
-        "--prune-gone-for",
-        "10m",
-    ]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("under an hour"), "{err}");
-    let (code, err) = run(&["--webhook", "https:///not-a-real-webhook-secret"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("webhook 1 of --webhook: it has no host"),
-        "{err}"
-    );
-    assert!(!err.contains("secret"), "the URL is not quoted: {err}");
+    let hook = ["--webhook", "https://example.com/x"];
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec![], "HP_ALERT_WEBHOOKS"),
+        (
+            vec!["--webhook", "hooks.example.com/x"],
+            "give the whole URL",
+        ),
+        (
+            [&hook[..], &["--on", "crashed,exploded"]].concat(),
+            "no event kind `exploded`",
+        ),
+        (
+            [&hook[..], &["--prune-gone-for", "10m"]].concat(),
+            "under an hour",
+        ),
+        (
+            vec!["--webhook", "https:///not-a-real-webhook-secret"],
+            "webhook 1 of --webhook: it has no host",
+        ),
+    ];
+    for (args, says) in &cases {
+        let (code, err) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("not-a-real-webhook-secret"),
+            "the URL is not quoted: {err}"
+        );
+    }
     // A local store that cannot be written is said at start, not retried.
     let out = common::sidecar()
         .env("HP_STORE", dir.path().join("no-such-dir/heartbeat.db"))

@@ -487,17 +487,7 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
     let mut env = service_env(&state_dir, &home);
     env.extend(systemd.env(&settings));
 
-    let exec_start = only(&settings, "ExecStart");
-    assert!(
-        !exec_start.starts_with(['-', '@', ':', '+', '!']),
-        "ExecStart= prefixes are not handled by this test: {exec_start}"
-    );
-    let mut argv = expand(split_command(exec_start), &env);
-    assert_eq!(
-        argv[0], "/usr/bin/heartbeat-sidecar",
-        "the path the .deb installs"
-    );
-    argv[0] = SIDECAR.to_owned();
+    let mut argv = exec_start(&settings, &env, "/usr/bin/heartbeat-sidecar", SIDECAR);
     let node = argv
         .iter()
         .position(|a| a == "/usr/bin/node")
@@ -513,13 +503,12 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
         );
         argv[node] = found.display().to_string();
     }
-    let umask = u32::from_str_radix(only(&settings, "UMask"), 8).expect("UMask= in octal");
     let trace_file = root.path().join("strace.out");
     let mut child = spawn_traced(
+        &settings,
         &argv,
         &env,
         &working_dir,
-        umask,
         as_user.as_ref(),
         &trace_file,
     );
@@ -547,7 +536,8 @@ fn the_units_exec_start_runs_as_systemd_would_and_stays_in_its_sandbox() {
     assert_eq!(
         std::fs::metadata(&db).expect("store").permissions().mode() & 0o777,
         0o600,
-        "UMask={umask:o}: the store is its user's only"
+        "UMask={}: the store is its user's only",
+        only(&settings, "UMask")
     );
 
     // WatchdogSec=: the first ping comes within half of it, as the worker logs.
@@ -658,19 +648,13 @@ fn the_alerts_units_exec_start_delivers_a_crash_and_stays_in_its_sandbox() {
         receiver.url("/services/T0FAKE/B0FAKE/not-a-real-secret"),
     );
     env.extend(systemd.env(&settings));
-    let mut argv = expand(split_command(only(&settings, "ExecStart")), &env);
-    assert_eq!(
-        argv[0], "/usr/bin/heartbeat-sidecar",
-        "the path the .deb installs"
-    );
-    argv[0] = SIDECAR.to_owned();
-    let umask = u32::from_str_radix(only(&settings, "UMask"), 8).expect("UMask= in octal");
+    let argv = exec_start(&settings, &env, "/usr/bin/heartbeat-sidecar", SIDECAR);
     let trace_file = root.path().join("strace.out");
     let mut child = spawn_traced(
+        &settings,
         &argv,
         &env,
         root.path(),
-        umask,
         as_user.as_ref(),
         &trace_file,
     );
@@ -791,19 +775,19 @@ fn the_rust_workers_unit_pings_while_it_works_and_while_paused() {
     // The control poll as often as a beat, so the pause lands soon.
     env.insert("HP_CONTROL_POLL_SECS".to_owned(), "1".to_owned());
     env.extend(systemd.env(&settings));
-    let mut argv = expand(split_command(only(&settings, "ExecStart")), &env);
-    assert_eq!(
-        argv[0], "/usr/local/bin/rust-worker",
-        "where its comment installs it"
+    // /usr/local/bin/rust-worker: where the unit's comment installs it.
+    let argv = exec_start(
+        &settings,
+        &env,
+        "/usr/local/bin/rust-worker",
+        &binary.display().to_string(),
     );
-    argv[0] = binary.display().to_string();
-    let umask = u32::from_str_radix(only(&settings, "UMask"), 8).expect("UMask= in octal");
     let trace_file = root.path().join("strace.out");
     let mut child = spawn_traced(
+        &settings,
         &argv,
         &env,
         root.path(),
-        umask,
         as_user.as_ref(),
         &trace_file,
     );
@@ -1002,16 +986,36 @@ impl NotifyListener {
     }
 }
 
+/// The unit's `ExecStart=` as systemd runs it: expanded in `env`, its
+/// program (checked to be at `installed`) replaced by the one built here.
+fn exec_start(
+    settings: &[(String, String)],
+    env: &BTreeMap<String, String>,
+    installed: &str,
+    built: &str,
+) -> Vec<String> {
+    let line = only(settings, "ExecStart");
+    assert!(
+        !line.starts_with(['-', '@', ':', '+', '!']),
+        "ExecStart= prefixes are not handled by this test: {line}"
+    );
+    let mut argv = expand(split_command(line), env);
+    assert_eq!(argv[0], installed, "where the unit expects it installed");
+    argv[0] = built.to_owned();
+    argv
+}
+
 /// `argv` under strace (as `as_user` when root), in systemd's environment
-/// `env` for the service, with its `UMask=`.
+/// `env` for the service, with the unit's `UMask=`.
 fn spawn_traced(
+    settings: &[(String, String)],
     argv: &[String],
     env: &BTreeMap<String, String>,
     working_dir: &Path,
-    umask: u32,
     as_user: Option<&(String, u32, u32)>,
     trace_file: &Path,
 ) -> std::process::Child {
+    let umask = u32::from_str_radix(only(settings, "UMask"), 8).expect("UMask= in octal");
     let mut command = Command::new("strace");
     command
         .args(["-f", "-qq", "-s", "256", "-o"])

@@ -188,7 +188,7 @@ impl StatusRow {
                     Health::Flapping
                 } else if self.circuit_breaker_open == Some(true) {
                     Health::Crashed
-                } else if self.hung(last, now) {
+                } else if self.hung(now) {
                     Health::Hung
                 } else {
                     Health::Running
@@ -202,10 +202,7 @@ impl StatusRow {
     /// when it ended, beats missed), on the store's clock.
     pub fn reporting_gap(&self) -> Option<(DateTime<Utc>, DateTime<Utc>, i64)> {
         let missed = self.missed_beats.filter(|&m| m > 0)?;
-        let skew = match (self.last_heartbeat, self.client_heartbeat) {
-            (Some(store), Some(worker)) => store - worker,
-            _ => chrono::Duration::zero(),
-        };
+        let skew = self.clock_offset();
         Some((
             self.gap_started_at? + skew,
             self.gap_ended_at? + skew,
@@ -213,11 +210,20 @@ impl StatusRow {
         ))
     }
 
+    /// What turns the worker's stamps (`last_progress_at`, `run_started_at`,
+    /// the gap's bounds) into the store's clock: the gap between the two
+    /// clocks at the last beat (`last_heartbeat - client_heartbeat`), zero
+    /// when either is unknown.
+    pub fn clock_offset(&self) -> chrono::Duration {
+        match (self.last_heartbeat, self.client_heartbeat) {
+            (Some(store), Some(worker)) => store - worker,
+            _ => chrono::Duration::zero(),
+        }
+    }
+
     /// A run past `max_run_seconds`, or no progress for `watchdog_seconds`.
-    fn hung(&self, last_heartbeat: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-        // The worker's clock to the store's: its stamps move by the gap
-        // between the two clocks at the last beat.
-        let skew = last_heartbeat - self.client_heartbeat.unwrap_or(last_heartbeat);
+    fn hung(&self, now: DateTime<Utc>) -> bool {
+        let skew = self.clock_offset();
         let past = |since: Option<DateTime<Utc>>, limit: Option<i64>| match (since, limit) {
             (Some(since), Some(limit)) if limit > 0 => {
                 micros(now - (since + skew)) > limit.saturating_mul(1_000_000)

@@ -212,10 +212,7 @@ pub(crate) fn sweep(
         if let Some(kind) = kind {
             // Since when, as hp_sweep() says it: the worker's times on the
             // store's clock.
-            let skew = match (row.last_heartbeat, row.client_heartbeat) {
-                (Some(stored), Some(sent)) => stored - sent,
-                _ => chrono::Duration::zero(),
-            };
+            let skew = row.clock_offset();
             let mut since = serde_json::Map::new();
             let mut put = |key: &str, t: Option<DateTime<Utc>>| {
                 if let Some(t) = t {
